@@ -1,0 +1,75 @@
+"""Steps to 25/30 dB and PSNR at 100/300/1000 steps: default init vs target-noise pretraining.
+
+Runs ``initium.runner.run`` for every architecture x image, all methods x seeds side by side in
+one process, then writes a markdown table (mean +- 95% CI over seeds) for BENCHMARKS.md.
+
+    python benchmarks/inr_convergence.py                       # CPU defaults: 64 px, 3 seeds
+    python benchmarks/inr_convergence.py --size 256 --device cuda --images camera,astronaut
+
+Results folders resume: rerunning after an interruption continues where it stopped. The init
+cache is pointed at a fresh folder so that every pretraining is computed (and timed) for real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from initium._registry import split_top
+from initium.report import summarize
+from initium.runner import RunConfig, run
+
+METHODS = ("default", "noise", "noise(resample=True)", "noise(noise=uniform)", "noise(noise=spectral)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--archs", default="siren,fourier,pe")
+    ap.add_argument("--images", default="camera,astronaut")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated method specs")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench/inr_convergence"))
+    args = ap.parse_args()
+    os.environ["INITIUM_CACHE"] = tempfile.mkdtemp(prefix="initium-bench-cache-")
+    methods = tuple(split_top(args.methods, ","))
+    sections = []
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        for arch in args.archs.split(","):
+            for image in args.images.split(","):
+                out = args.out / f"{arch}_{image}_{args.size}"
+                bar_id = bar.add_task(f"{arch} {image}", total=None)
+
+                def progress(label: str, k: int, n: int, bar_id=bar_id, name=f"{arch} {image}") -> None:
+                    bar.update(bar_id, description=f"{name}: {label}", completed=k, total=n)
+
+                cfg = RunConfig(
+                    task="image-fit", out=out, arch=arch, methods=methods, seeds=tuple(range(args.seeds)),
+                    steps=args.steps, device=args.device, task_options={"image": image, "size": args.size},
+                )  # fmt: skip
+                records = run(cfg, progress=progress)
+                bar.remove_task(bar_id)
+                table = summarize(records)
+                sections.append(f"**{arch} · {image} · {args.size} px**\n\n{table.markdown()}\n")
+    env = records[-1]["env"]
+    header = (
+        f"Command: `python benchmarks/inr_convergence.py --size {args.size} --steps {args.steps} --seeds {args.seeds}"
+        f" --archs {args.archs} --images {args.images}`  \n"
+        f"Device: {env['device']} ({env['device_name']}, {env['threads']} threads), torch {env['torch']};"
+        f" {time.perf_counter() - start:.0f} s in all.\n"
+    )
+    text = header + "\n" + "\n".join(sections)
+    (args.out / "summary.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

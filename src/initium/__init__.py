@@ -1,0 +1,24 @@
+"""initium: start neural networks from structure instead of chance.
+
+Public API (DESIGN.md section 4)::
+
+    import initium
+    from initium.nn import Siren, FourierMLP, PEMLP
+
+    model = Siren(in_features=2, out_features=3)
+    coords = initium.tasks.grid(256, 256)
+    initium.noise_pretrain(model, coords, steps=500, noise="gaussian", seed=0)
+    initium.create("noise(steps=300,noise=spectral)")(model, coords)
+    initium.list_methods()
+"""
+
+__version__ = "0.1.0"
+
+from . import nn as nn
+from . import tasks as tasks
+from .cache import InitCache as InitCache
+from .methods import create as create
+from .methods import list_methods as list_methods
+from .methods.noise import noise_pretrain as noise_pretrain
+
+__all__ = ["InitCache", "__version__", "create", "list_methods", "nn", "noise_pretrain", "tasks"]

@@ -1,0 +1,213 @@
+"""The ``initium`` command: parse, build configs, call the runner / report / cache. Thin."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table as RichTable
+
+from ._registry import SpecError, UnknownNameError, split_top
+from .cache import CacheError, InitCache
+from .methods import METHODS
+from .nn import ARCHS
+from .tasks import SAMPLE_IMAGES, TASKS
+
+console = Console(stderr=True)
+out_console = Console()
+out_console.width = max(out_console.width, 110)  # the summary table stays on one line per method
+USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, CacheError, SpecError, UnknownNameError)
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """``3`` -> seeds 0, 1, 2; ``0,5,9`` -> those seeds."""
+    try:
+        if "," in text:
+            return tuple(int(s) for s in text.split(",") if s.strip())
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes a count (3) or a list (0,5,9), got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--seeds must be >= 1, got {n}")
+    return tuple(range(n))
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 25,30,40, got {text!r}") from None
+
+
+def _add_config_options(parser: argparse.ArgumentParser, config: type) -> None:
+    """One ``--option`` per field of a task's config dataclass."""
+    group = parser.add_argument_group(f"{config.__name__} options")
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        hint, flag = hints[f.name], "--" + f.name.replace("_", "-")
+        kw: dict[str, Any] = {"dest": f"task_{f.name}", "default": argparse.SUPPRESS, "help": f"default: {f.default!r}"}
+        if hint is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typing.get_origin(hint) is typing.Literal:
+            group.add_argument(flag, choices=typing.get_args(hint), **kw)
+        elif hint in (int, float, str):
+            group.add_argument(flag, type=hint, **kw)
+        else:
+            group.add_argument(flag, **kw)
+
+
+def build_parser(task: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="initium", description="Start neural networks from structure, not chance.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train task x methods x seeds and print the summary table")
+    run.add_argument("task", help=f"one of: {', '.join(TASKS.names())}")
+    run.add_argument(
+        "--arch", default="siren", help=f"architecture spec ({', '.join(ARCHS.names())}), e.g. 'siren(hidden=128)'"
+    )
+    run.add_argument(
+        "--methods", default="default,noise", help=f"comma-separated method specs ({', '.join(METHODS.names())})"
+    )
+    run.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="a count (3) or a list (0,5,9)")
+    run.add_argument("--steps", type=int, default=2000, help="training steps per run")
+    run.add_argument(
+        "--lr", type=float, default=None, help="learning rate (default: the architecture's, from its paper)"
+    )
+    run.add_argument("--eval-every", type=int, default=None, help="metric evaluation interval (default steps/100)")
+    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    run.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    run.add_argument(
+        "--thresholds", type=_floats, default=None, help="metric thresholds for 'steps to' (e.g. 25,30,40)"
+    )
+    run.add_argument("--out", type=Path, required=True, help="output folder (results.jsonl; resumes if it exists)")
+    if task in TASKS and TASKS.entry(task).config is not None:
+        _add_config_options(run, TASKS.entry(task).config)
+
+    rep = sub.add_parser("report", help="summary.md, plots/*.png and report.html from a results folder")
+    rep.add_argument("dir", type=Path)
+
+    cache = sub.add_parser("cache", help="the init cache ($INITIUM_CACHE, default ~/.cache/initium)")
+    cache.add_argument("action", choices=("ls", "clear"))
+
+    sub.add_parser("list", help="registered methods, tasks, architectures and bundled images")
+    return parser
+
+
+def _split_methods(text: str) -> tuple[str, ...]:
+    """Split ``--methods`` on commas outside brackets: ``default,noise(steps=3,noise=uniform)``."""
+    return tuple(m for m in split_top(text, ",") if m)
+
+
+def print_table(table: Any) -> None:
+    rt = RichTable(title=table.title, title_style="bold")
+    for i, col in enumerate(table.columns):
+        rt.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
+    for row in table.rows:
+        rt.add_row(*row)
+    out_console.print(rt)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .report import summarize
+    from .runner import RunConfig, run
+
+    task_options = {k[5:]: v for k, v in vars(args).items() if k.startswith("task_")}
+    cfg = RunConfig(
+        task=args.task, out=args.out, arch=args.arch, methods=_split_methods(args.methods), seeds=args.seeds,
+        steps=args.steps, lr=args.lr, eval_every=args.eval_every, device=args.device, compile=args.compile,
+        thresholds=args.thresholds, task_options=task_options,
+    )  # fmt: skip
+    columns = (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+    )  # fmt: skip
+    total = len(cfg.methods) * len(cfg.seeds)
+    bar = Progress(*columns, console=console)
+    state: dict[str, Any] = {}
+
+    def progress(label: str, done: int, n: int) -> None:
+        if not state:  # the bar appears once the inputs are checked and training starts
+            bar.start()
+            state["overall"] = bar.add_task(f"{cfg.task} · {cfg.arch}: runs", total=total)
+        if state.get("label") != label:
+            if "current" in state:
+                bar.remove_task(state["current"])
+            state.update(label=label, current=bar.add_task(label, total=n))
+        bar.update(state["current"], completed=done)
+        if done == n and label.endswith("train"):
+            bar.advance(state["overall"])
+
+    try:
+        records = run(cfg, progress=progress)
+    finally:
+        bar.stop()
+    print_table(summarize(records))
+    console.print(f"results: {cfg.out / 'results.jsonl'}  ·  plots: initium report {cfg.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import summarize, write_report
+    from .runner import load_results
+
+    files = write_report(args.dir)
+    print_table(summarize(load_results(args.dir)))
+    for name, path in files.items():
+        console.print(f"{name}: {path}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    store = InitCache()
+    if args.action == "clear":
+        console.print(f"removed {store.clear()} entries from {store.root}")
+        return 0
+    entries = store.entries()
+    rt = RichTable(title=f"init cache {store.root} ({len(entries)} entries)")
+    for col in ("key", "method", "model", "steps", "noise", "size"):
+        rt.add_column(col)
+    for e in entries:
+        cfg = e.meta.get("config", {})
+        rt.add_row(e.key[:12], str(cfg.get("method")), str(e.meta.get("model")), str(cfg.get("steps")),
+                   str(cfg.get("noise")), f"{e.size / 1024:.0f} KiB")  # fmt: skip
+    out_console.print(rt)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for title, reg in (("methods", METHODS), ("tasks", TASKS), ("architectures", ARCHS)):
+        out_console.print(f"[bold]{title}[/]: " + ", ".join(f"{n}" for n in reg.names()))
+    out_console.print("[bold]images[/]: " + ", ".join(SAMPLE_IMAGES))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The task's own options (--image, --size ...) depend on the task: find it first.
+    task = argv[argv.index("run") + 1] if "run" in argv and argv.index("run") + 1 < len(argv) else None
+    args = build_parser(task).parse_args(argv)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    commands = {"run": cmd_run, "report": cmd_report, "cache": cmd_cache, "list": cmd_list}
+    try:
+        return commands[args.command](args)
+    except USER_ERRORS as exc:
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted; finished runs are kept in results.jsonl and the next run resumes")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

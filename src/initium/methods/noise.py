@@ -1,0 +1,179 @@
+"""Target-noise pretraining (Wang & Alkhalifah 2026, arXiv 2602.06585).
+
+Before training on the real signal, fit the model for ``steps`` Adam steps to one fixed noise
+target at the very inputs it will be trained on:
+
+    theta_0 = argmin_theta || f_theta(x) - eps ||^2,   eps ~ noise source (fixed),
+
+and hand ``theta_0`` over as the initialisation. A white-noise target has energy at every
+frequency, so the fitted network has already learnt to represent high frequencies at ``x``; the
+low-frequency bias of SIREN, Fourier-feature and positional-encoding MLPs and of deep-image-prior
+nets is much weaker from there on. ``resample=True`` draws fresh noise every step instead (Vyas
+et al. 2026 report, and our benchmark confirms, that a fixed target is what works).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..cache import InitCache
+from ..noise import NOISES, NoiseSource, grid_shape, sample_noise
+from ..train import fit
+from ._base import METHODS, Method
+
+__all__ = ["NoiseConfig", "NoisePretrain", "noise_pretrain"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """Config of :func:`noise_pretrain`; ``noise`` is a spec of ``initium.noise.NOISES``
+    (``"gaussian"``, ``"uniform"``, ``"spectral(alpha=1)"``)."""
+
+    steps: int = 500
+    lr: float | None = None
+    noise: str = "gaussian"
+    resample: bool = False
+    seed: int = 0
+    cache: bool = True
+    target_range: tuple[float, float] = (0.0, 1.0)
+
+
+def _noise_source(spec: str) -> NoiseSource:
+    parts = NOISES.parse(spec)
+    if len(parts) != 1:
+        raise ValueError(f"noise takes one noise kind, got {spec!r}")
+    name, kwargs = parts[0]
+    return NOISES.build(name, kwargs)
+
+
+def _check_inputs(model: nn.Module, inputs: torch.Tensor) -> None:
+    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+        raise TypeError(f"inputs must be a floating-point torch.Tensor, got {type(inputs).__name__}")
+    expected = getattr(model, "in_features", None)
+    if isinstance(expected, int) and (inputs.ndim != 2 or inputs.shape[1] != expected):
+        raise ValueError(
+            f"inputs must have shape (N, {expected}) for {type(model).__name__}(in_features={expected}),"
+            f" got {tuple(inputs.shape)}; build coordinates with initium.tasks.grid(H, W)"
+        )
+    if inputs.numel() == 0:
+        raise ValueError("inputs is empty")
+    if not torch.isfinite(inputs).all():
+        raise ValueError("inputs contain NaN or infinite values")
+    param = next(model.parameters(), None)
+    if param is not None and param.device != inputs.device:
+        raise ValueError(f"inputs are on {inputs.device} but the model is on {param.device}; move one of them")
+
+
+def _check_config(cfg: NoiseConfig) -> NoiseSource:
+    if not isinstance(cfg.steps, int) or cfg.steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {cfg.steps!r}")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise ValueError(f"lr must be > 0 (or None for the model's default), got {cfg.lr!r}")
+    lo, hi = cfg.target_range
+    if not hi > lo:
+        raise ValueError(f"target_range must be (low, high) with high > low, got {cfg.target_range}")
+    return _noise_source(cfg.noise)
+
+
+def _spatial(source: NoiseSource, inputs: torch.Tensor, out_shape: torch.Size) -> tuple[int, ...] | None:
+    """The output's spatial grid: trailing dims of an image output, the coordinate grid otherwise."""
+    if len(out_shape) >= 3:
+        return tuple(out_shape[2:])
+    return grid_shape(inputs) if source.needs_grid else None
+
+
+def noise_pretrain(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    steps: int = 500,
+    lr: float | None = None,
+    noise: str = "gaussian",
+    resample: bool = False,
+    seed: int = 0,
+    cache: bool | InitCache = True,
+    target_range: tuple[float, float] = (0.0, 1.0),
+) -> nn.Module:
+    """Fit ``model`` to a fixed noise target at ``inputs`` for ``steps`` Adam steps, in place.
+
+    Args:
+        model: any module; its current weights are the starting point.
+        inputs: what the model will be trained on: coordinates ``(N, in_features)`` for an INR,
+            the fixed latent for a deep-image-prior net.
+        steps: pretraining steps (paper: a few hundred; 500 by default).
+        lr: Adam learning rate; ``None`` uses ``model.default_lr`` (SIREN 1e-4, Fourier/PE MLPs
+            1e-3) or 1e-4.
+        noise: a noise spec: ``"gaussian"`` (white, matched to ``target_range``), ``"uniform"``,
+            ``"spectral(alpha=2)"`` (power ~ 1/f^alpha over the coordinate grid).
+        resample: draw fresh noise every step instead of one fixed target.
+        seed: seeds the noise (a CPU generator: same target on every device).
+        cache: look the result up in / store it to the init cache (``True``: ``$INITIUM_CACHE``;
+            or an :class:`~initium.cache.InitCache`). A hit loads bit-identical weights and
+            runs no training step.
+        target_range: the range of the signal the model will be trained on.
+
+    Returns:
+        ``model``, pretrained.
+    """
+    cfg = NoiseConfig(steps, lr, noise, resample, seed, bool(cache), tuple(target_range))
+    NoisePretrain(cfg, store=cache if isinstance(cache, InitCache) else None)(model, inputs)
+    return model
+
+
+@METHODS.register("noise", NoiseConfig)
+class NoisePretrain(Method):
+    """Target-noise pretraining: fit a fixed noise target at the training inputs first."""
+
+    name = "noise"
+
+    def __init__(self, config: NoiseConfig = NoiseConfig(), store: InitCache | None = None) -> None:
+        self.config = config
+        self.source = _check_config(config)
+        self.store = store or (InitCache() if config.cache else None)
+
+    def validate(self, model: nn.Module, inputs: torch.Tensor | None = None) -> None:
+        if inputs is None:
+            raise ValueError("noise pretraining needs the inputs the model will be trained on")
+        _check_inputs(model, inputs)
+        if self.source.needs_grid and getattr(model, "in_features", None) and grid_shape(inputs) is None:
+            raise ValueError(
+                f"noise {self.config.noise!r} needs inputs on a regular grid (initium.tasks.grid);"
+                " use noise=gaussian or noise=uniform for scattered inputs"
+            )
+        if self.store is not None:
+            self.store.ensure_writable()
+
+    def __call__(self, model: nn.Module, inputs: torch.Tensor | None = None) -> nn.Module:
+        self.validate(model, inputs)
+        assert inputs is not None  # validate() raised otherwise
+        cfg = self.config
+        lr = cfg.lr if cfg.lr is not None else float(getattr(model, "default_lr", 1e-4))
+        record = {"method": self.name, **dataclasses.asdict(cfg), "lr": lr, "cache": None}
+        key = InitCache.key(model, inputs, record) if self.store is not None else None
+        if key is not None and (state := self.store.load(key)) is not None:
+            model.load_state_dict(state)
+            log.info("noise pretraining: cache hit %s", key[:12])
+            return model
+
+        with torch.no_grad():
+            out_shape = model(inputs).shape
+        spatial = _spatial(self.source, inputs, out_shape)
+        gen = torch.Generator().manual_seed(cfg.seed)
+
+        def draw() -> torch.Tensor:
+            return sample_noise(
+                self.source, tuple(out_shape), target_range=cfg.target_range, generator=gen, spatial=spatial
+            ).to(inputs.device)
+
+        fixed = None if cfg.resample else draw()
+        fit(model, inputs, (lambda _step: draw()) if cfg.resample else fixed, steps=cfg.steps, lr=lr, phase="noise")
+        if key is not None:
+            self.store.save(key, model.state_dict(), {"config": record, "model": type(model).__name__})
+        return model

@@ -1,0 +1,236 @@
+"""Results -> summary table, plots (PNG) and a report page.
+
+``summarize`` gives the table the CLI prints and ``summary.md`` holds: for each method, the
+headline metric at the task's checkpoints and at the end, and the steps to reach each threshold,
+as mean +- the half-width of a 95% t-interval over seeds.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file
+from scipy import stats
+
+from ._io import atomic_write_text
+from .metrics import BANDS
+from .runner import load_results
+
+__all__ = ["Table", "mean_ci", "summarize", "write_report"]
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.columns) + " |", "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t interval (``nan`` for one value)."""
+    x = np.asarray(values, dtype=float)
+    if len(x) < 2:
+        return float(x.mean()) if len(x) else math.nan, math.nan
+    return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def _fmt(values: Sequence[float | None], digits: int, total: int) -> str:
+    got = [v for v in values if v is not None]
+    if not got:
+        return "—"
+    mean, half = mean_ci(got)
+    text = f"{mean:.{digits}f}" + ("" if math.isnan(half) else f" ± {half:.{digits}f}")
+    return text + (f" ({len(got)}/{total})" if len(got) < total else "")
+
+
+def group(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records by label (method spec, with the arch and task when the folder mixes them)."""
+    archs = {(r["task"], r["arch"]) for r in records}
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        label = r["method"] if len(archs) == 1 else f"{r['task']}/{r['arch']}/{r['method']}"
+        groups[label].append(r)
+    return dict(groups)
+
+
+def summarize(records: list[dict[str, Any]]) -> Table:
+    """The summary table over seeds (see the module docstring)."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        return Table("no finished runs", ["method"], [])
+    first = ok[0]
+    metric, unit = first["metric"], ""
+    checkpoints = [k for k in first["at_step"] if k != "final"]
+    thresholds = list(first["steps_to"])
+    unit = " dB" if metric == "psnr" else ""
+    columns = ["method", "seeds"] + [f"{metric}@{c}" for c in checkpoints] + [f"{metric}@end"]
+    columns += [f"steps→{t}{unit}" for t in thresholds] + ["init+train s"]
+    rows = []
+    for label, runs in group(records).items():
+        done = [r for r in runs if r.get("status") == "ok"]
+        if not done:
+            rows.append([label, f"0/{len(runs)}"] + ["diverged"] * (len(columns) - 2))
+            continue
+        n = len(done)
+        row = [label, str(n) + ("" if n == len(runs) else f" ({len(runs) - n} failed)")]
+        row += [_fmt([r["at_step"].get(c) for r in done], 1, n) for c in [*checkpoints, "final"]]
+        row += [_fmt([r["steps_to"][t] for r in done], 0, n) for t in thresholds]
+        init, train = (float(np.mean([r["wall"][k] for r in done])) for k in ("init_s", "train_s"))
+        row.append(f"{init:.1f}+{train:.1f}")
+        rows.append(row)
+    title = f"{first['task']} · {first['arch']} · {first['steps']} steps · mean ± 95% CI over seeds"
+    return Table(title, columns, rows)
+
+
+def _band(ax: Any, x: np.ndarray, ys: np.ndarray, label: str, log: bool = False) -> None:
+    """Mean line and 95% t-band over seeds; with ``log`` both are taken of log10(y) (geometric
+    mean), so the band of a positive quantity stays positive on a log axis."""
+    vals = np.log10(np.maximum(ys, 1e-30)) if log else ys
+    mean = vals.mean(0)
+    half = stats.t.ppf(0.975, len(ys) - 1) * vals.std(0, ddof=1) / math.sqrt(len(ys)) if len(ys) > 1 else None
+    back = (lambda v: 10.0**v) if log else (lambda v: v)
+    (line,) = ax.plot(x, back(mean), label=label, lw=1.5)
+    if half is not None:
+        ax.fill_between(x, back(mean - half), back(mean + half), color=line.get_color(), alpha=0.2, lw=0)
+
+
+def _stack(runs: list[dict[str, Any]], get: Any) -> np.ndarray:
+    arrays = [np.asarray(get(r), dtype=float) for r in runs]
+    n = min(len(a) for a in arrays)
+    return np.stack([a[:n] for a in arrays])
+
+
+def plot_metric(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """Headline metric vs step, one line per method with a 95% band over seeds."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
+    metric = next(iter(groups.values()))[0]["metric"]
+    for label, runs in groups.items():
+        ys = _stack(runs, lambda r: [np.nan if v is None else v for v in r["metric_every_step"]])
+        _band(ax, np.arange(ys.shape[1]), ys, label)
+    thresholds = [float(t) for t in next(iter(groups.values()))[0]["steps_to"]]
+    for t in thresholds:
+        ax.axhline(t, color="0.6", lw=0.8, ls=":")
+    title = f"{metric} vs step (mean, 95% band over seeds)"
+    if metric == "psnr" and ax.get_ylim()[1] > max(thresholds, default=30.0) + 25:
+        # Past ~60 dB a small net has memorised the pixels to float precision; capping the axis
+        # keeps the range where inits differ readable.
+        ax.set_ylim(top=max(thresholds, default=30.0) + 25)
+        title += ", axis capped"
+    ax.set(xlabel="step", ylabel=metric.upper() + (" (dB)" if metric == "psnr" else ""), title=title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_bands(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
+    """Relative error per frequency band vs step: where high frequencies arrive."""
+    import matplotlib.pyplot as plt
+
+    curve = next(iter(groups.values()))[0]["curve"]
+    bands = [f"band_{b}" for b in BANDS if f"band_{b}" in curve]
+    if not bands:
+        return None
+    fig, axes = plt.subplots(1, len(bands), figsize=(4 * len(bands), 3.6), layout="constrained", sharey=True)
+    for ax, band in zip(np.atleast_1d(axes), bands, strict=True):
+        for label, runs in groups.items():
+            x = np.asarray(runs[0]["curve"]["step"])
+            ys = _stack(runs, lambda r, b=band: r["curve"][b])
+            _band(ax, x[: ys.shape[1]], ys, label, log=True)
+        ax.set(yscale="log", xlabel="step", title=f"{band[5:]} frequencies")
+        ax.grid(alpha=0.3, which="both")
+    np.atleast_1d(axes)[0].set_ylabel("relative error in band")
+    np.atleast_1d(axes)[-1].legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_reconstructions(groups: dict[str, list[dict[str, Any]]], out: Path, path: Path) -> Path | None:
+    """Predictions of each method's first seed at the snapshot steps, beside the target."""
+    import matplotlib.pyplot as plt
+
+    snaps = {label: load_file(out / runs[0]["snapshots"]) for label, runs in groups.items() if "snapshots" in runs[0]}
+    if not snaps:
+        return None
+    steps = sorted({int(k[5:]) for s in snaps.values() for k in s}, key=int)
+    ref = out / "reference.safetensors"
+    cols = len(steps) + ref.exists()
+    fig, axes = plt.subplots(
+        len(snaps), cols, figsize=(2.2 * cols, 2.3 * len(snaps)), layout="constrained", squeeze=False
+    )
+    for row, (label, snap) in zip(axes, snaps.items(), strict=True):
+        images = [(f"step {s}", snap.get(f"step_{s}")) for s in steps]
+        if ref.exists():
+            images.append(("target", load_file(ref)["image"]))
+        for ax, (title, img) in zip(row, images, strict=True):
+            ax.set_axis_off()
+            if img is not None:
+                ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+                ax.set_title(title, fontsize=8)
+        row[0].text(-0.08, 0.5, label, transform=row[0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+_CSS = "body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
+_CSS += "img{max-width:100%}"
+
+
+def write_report(out: str | Path) -> dict[str, Path]:
+    """Write ``summary.md``, ``plots/*.png`` and ``report.html`` for the results in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(out)
+    records = load_results(out)
+    if not records:
+        raise FileNotFoundError(f"no results in {str(out)!r}: run `initium run TASK --out {out}` first")
+    table = summarize(records)
+    groups = {k: [r for r in v if r.get("status") == "ok"] for k, v in group(records).items()}
+    groups = {k: v for k, v in groups.items() if v}
+    (out / "plots").mkdir(exist_ok=True)
+    files: dict[str, Path] = {}
+    if groups:
+        files["metric"] = plot_metric(groups, out / "plots" / f"{records[0]['metric']}.png")
+        for name, made in (
+            ("bands", plot_bands(groups, out / "plots" / "bands.png")),
+            ("reconstructions", plot_reconstructions(groups, out, out / "plots" / "reconstructions.png")),
+        ):
+            if made is not None:
+                files[name] = made
+    env = records[-1].get("env", {})
+    env_line = ", ".join(f"{k} {v}" for k, v in env.items())
+    images = "\n".join(f"![{k}](plots/{p.name})" for k, p in files.items())
+    md = f"# {table.title}\n\n{table.markdown()}\n\n{images}\n\nEnvironment: {env_line}\n"
+    files["summary"] = atomic_write_text(out / "summary.md", md)
+    cells = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    figs = "".join(
+        f'<figure><img src="plots/{p.name}"><figcaption>{k}</figcaption></figure>'
+        for k, p in files.items()
+        if p.suffix == ".png"
+    )
+    page = (
+        f"<!doctype html><meta charset=utf-8><title>initium report</title><style>{_CSS}</style>"
+        f"<h1>{html.escape(table.title)}</h1><table><tr>{cells}</tr>{body}</table>"
+        f"{figs}<p>{html.escape(env_line)}</p>"
+    )
+    files["html"] = atomic_write_text(out / "report.html", page)
+    return files

@@ -1,0 +1,255 @@
+"""task x methods x seeds -> ``results.jsonl``. The only place that seeds the global RNGs.
+
+Everything that can be wrong with a run (names, options, shapes, data, cache folder) is checked
+before the first training step. Runs already in ``results.jsonl`` with the same settings are
+skipped, so a killed sweep resumes where it stopped, losing at most the run in progress; the file
+is rewritten atomically after every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from ._io import atomic_write_bytes, atomic_write_text, tensors_to_bytes
+from .methods import create
+from .nn import ARCHS
+from .tasks import TASKS, Task
+from .train import ProgressFn, TrainingDiverged, fit, progress_hook
+
+__all__ = ["RunConfig", "eval_steps", "load_results", "resolve_device", "run", "steps_to"]
+
+log = logging.getLogger(__name__)
+RESULTS = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One sweep. ``arch`` and each of ``methods`` are specs (``"siren(hidden=128)"``,
+    ``"noise(steps=300)"``); ``task_options`` are the task config's fields."""
+
+    task: str
+    out: Path
+    arch: str = "siren"
+    methods: tuple[str, ...] = ("default", "noise")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 2000
+    lr: float | None = None
+    eval_every: int | None = None
+    device: str | None = None
+    compile: bool = False
+    thresholds: tuple[float, ...] | None = None  # "steps to" columns; None: the task's own
+    task_options: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``None`` -> CUDA when present, else CPU (decided now, never at import)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, mps)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def eval_steps(steps: int, every: int | None, checkpoints: tuple[int, ...]) -> list[int]:
+    """Evaluation steps: 0, every ``every`` (default ``steps // 100``), the checkpoints, the end."""
+    every = every or max(1, steps // 100)
+    return sorted(set(range(0, steps + 1, every)) | {c for c in checkpoints if c <= steps} | {steps})
+
+
+def steps_to(curve: list[float], threshold: float) -> int | None:
+    """First step whose metric reaches ``threshold`` (higher is better), or ``None``."""
+    return next((k for k, v in enumerate(curve) if v >= threshold), None)
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    return {
+        "initium": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(device),
+        "device_name": name,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _identity(rec: dict[str, Any]) -> str:
+    """What makes two runs the same run (for resuming)."""
+    keys = ("task", "task_config", "arch", "method", "seed", "steps", "lr", "eval_every", "compile")
+    return json.dumps({k: rec.get(k) for k in keys}, sort_keys=True, default=str)
+
+
+def load_results(out: str | Path) -> list[dict[str, Any]]:
+    """The records of ``out/results.jsonl`` (an unreadable last line, from a crash, is skipped)."""
+    path = Path(out) / RESULTS
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("skipping an unreadable line in %s", path)
+    return records
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device]:
+    """Check every name, option and input, and load the data: all before any training."""
+    if not isinstance(cfg.steps, int) or cfg.steps < 1:
+        raise ValueError(f"--steps must be an int >= 1, got {cfg.steps!r}")
+    if not cfg.seeds or any(not isinstance(s, int) or s < 0 for s in cfg.seeds):
+        raise ValueError(f"--seeds must name at least one seed >= 0, got {cfg.seeds!r}")
+    if not cfg.methods:
+        raise ValueError("--methods must name at least one method, e.g. default,noise")
+    if cfg.lr is not None and not cfg.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {cfg.lr!r}")
+    task = TASKS.build(cfg.task, cfg.task_options)
+    arch_parts = ARCHS.parse(cfg.arch)
+    if len(arch_parts) != 1:
+        raise ValueError(f"--arch takes one architecture, got {cfg.arch!r}")
+    arch, arch_kwargs = arch_parts[0]
+    methods = [create(spec) for spec in cfg.methods]  # unknown names and options fail here
+    device = resolve_device(cfg.device)
+    task.setup(device)
+    probe = task.build_model(arch, arch_kwargs).to(device)
+    for method in methods:
+        method.validate(probe, task.inputs)
+    return task, arch, arch_kwargs, device
+
+
+def run(cfg: RunConfig, *, progress: ProgressFn | None = None) -> list[dict[str, Any]]:
+    """Train every method x seed of ``cfg`` and return all records in ``cfg.out/results.jsonl``."""
+    task, arch, arch_kwargs, device = _prepare(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_results(out)
+    done = {_identity(r) for r in records if r.get("status") == "ok"}
+    records = [r for r in records if r.get("status") == "ok"] + [r for r in records if r.get("status") != "ok"]
+    reference = getattr(task, "reference", None)
+    if reference is not None:
+        atomic_write_bytes(out / "reference.safetensors", tensors_to_bytes({"image": reference()}))
+    evals = eval_steps(cfg.steps, cfg.eval_every, task.checkpoints)
+    snap_steps = [c for c in task.snapshot_steps if c < cfg.steps] + [cfg.steps]
+    evals = sorted(set(evals) | set(snap_steps))
+
+    for spec in cfg.methods:
+        for seed in cfg.seeds:
+            rec = _run_one(cfg, task, arch, arch_kwargs, device, spec, seed, evals, snap_steps, out, progress, done)
+            if rec is None:
+                continue
+            records = [r for r in records if _identity(r) != _identity(rec)] + [rec]
+            atomic_write_text(out / RESULTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    return records
+
+
+def _run_one(
+    cfg: RunConfig,
+    task: Task,
+    arch: str,
+    arch_kwargs: dict[str, Any],
+    device: torch.device,
+    spec: str,
+    seed: int,
+    evals: list[int],
+    snap_steps: list[int],
+    out: Path,
+    progress: ProgressFn | None,
+    done: set[str],
+) -> dict[str, Any] | None:
+    torch.manual_seed(seed)  # the architecture's own init draws from here
+    model = task.build_model(arch, arch_kwargs).to(device)
+    lr = cfg.lr if cfg.lr is not None else task.default_lr(model)
+    method = create(spec, seed=seed)
+    rec: dict[str, Any] = {
+        "task": task.name,
+        "task_config": task.describe(),
+        "arch": arch,
+        "arch_config": getattr(model, "config", arch_kwargs),
+        "method": spec,
+        "method_config": method.describe(),
+        "seed": seed,
+        "steps": cfg.steps,
+        "lr": lr,
+        "eval_every": cfg.eval_every,
+        "compile": cfg.compile,
+    }
+    if _identity(rec) in done:
+        log.info("skipping %s seed %d: already in %s", spec, seed, RESULTS)
+        return None
+
+    def report(phase: str, k: int, n: int) -> None:
+        if progress is not None:
+            progress(f"{spec} · seed {seed} · {phase}", k, n)
+
+    curve: dict[str, list[float]] = {"step": []}
+    snaps: dict[str, torch.Tensor] = {}
+
+    def on_eval(step: int, pred: torch.Tensor) -> None:
+        curve["step"].append(step)
+        for name, value in task.evaluate(pred).items():
+            curve.setdefault(name, []).append(value)
+        if step in snap_steps and (img := task.snapshot(pred)) is not None:
+            snaps[f"step_{step}"] = img
+
+    with progress_hook(report):
+        _sync(device)
+        t0 = time.perf_counter()
+        method(model, task.inputs)
+        _sync(device)
+        t1 = time.perf_counter()
+        status = "ok"
+        try:
+            history = fit(
+                model, task.inputs, task.target, steps=cfg.steps, lr=lr, loss_fn=task.loss,
+                evaluate_at=evals, on_eval=on_eval, compile=cfg.compile,
+            )  # fmt: skip
+        except TrainingDiverged as exc:
+            status, history = f"diverged at step {exc.step}", exc.history
+        _sync(device)
+        t2 = time.perf_counter()
+
+    every = [round(float(v), 4) if math.isfinite(v) else None for v in task.step_metric(history).tolist()]
+    finite = [v if v is not None else -math.inf for v in every]
+    rec.update(
+        status=status,
+        metric=task.metric,
+        curve=curve,
+        metric_every_step=every,
+        at_step={str(c): every[c] for c in task.checkpoints if c < cfg.steps} | {"final": every[-1]},
+        steps_to={f"{t:g}": steps_to(finite, t) for t in (cfg.thresholds or task.thresholds)},
+        wall={"init_s": t1 - t0, "train_s": t2 - t1},
+        env=_environment(device),
+    )
+    rec = json.loads(json.dumps(rec))  # exactly what results.jsonl holds (tuples become lists)
+    if snaps:
+        name = re.sub(r"[^A-Za-z0-9._=-]+", "_", f"{spec}_seed{seed}")
+        rec["snapshots"] = f"snapshots/{name}.safetensors"
+        atomic_write_bytes(out / rec["snapshots"], tensors_to_bytes(snaps))
+    return rec
+
+
+def config_dict(cfg: RunConfig) -> dict[str, Any]:
+    """``cfg`` as JSON-ready data."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}

@@ -1,0 +1,73 @@
+"""Offline data: scikit-image's bundled sample images, or a user's image file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .._registry import UnknownNameError, closest
+
+__all__ = ["SAMPLE_IMAGES", "check_finite", "load_image"]
+
+# scikit-image samples that ship inside the wheel (the others need a download, which we never do).
+SAMPLE_IMAGES: tuple[str, ...] = (
+    "astronaut", "brick", "camera", "cat", "checkerboard", "chelsea", "clock", "coffee", "coins",
+    "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
+    "moon", "page", "retina", "rocket", "text",
+)  # fmt: skip
+
+
+def check_finite(array: np.ndarray, what: str) -> None:
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise ValueError(f"{what} contains {bad} NaN or infinite values; clean or replace it")
+
+
+def _read(source: str) -> np.ndarray:
+    if source in SAMPLE_IMAGES:
+        import skimage.data
+
+        return np.asarray(getattr(skimage.data, source)())
+    path = Path(source).expanduser()
+    if path.suffix or path.parent != Path("."):  # looks like a file path
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {str(path)!r} does not exist (or give a bundled image name)")
+        import skimage.io
+
+        try:
+            return np.asarray(skimage.io.imread(path))
+        except Exception as exc:  # decoders raise many types; all mean "not an image we can read"
+            raise ValueError(f"could not decode image file {str(path)!r}: {exc}") from exc
+    raise UnknownNameError(
+        f"unknown image {source!r}; closest: {', '.join(closest(source, list(SAMPLE_IMAGES)))}"
+        f" (bundled: {', '.join(SAMPLE_IMAGES)}), or give the path of an image file"
+    )
+
+
+def load_image(source: str, *, gray: bool = False) -> np.ndarray:
+    """A bundled sample (``"camera"``) or an image file as float32 ``(H, W, C)`` in ``[0, 1]``.
+
+    Integer images are divided by their dtype's maximum; float images outside ``[0, 1]`` are
+    min-max scaled; an alpha channel is dropped; ``gray`` averages the colour channels.
+    """
+    img = _read(source)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3 or img.shape[-1] not in (1, 2, 3, 4) or min(img.shape[:2]) < 2:
+        raise ValueError(f"image {source!r} has shape {img.shape}; expected (H, W) or (H, W, C) with C <= 4")
+    if img.shape[-1] in (2, 4):
+        img = img[..., :-1]  # drop alpha
+    if img.dtype == bool:
+        out = img.astype(np.float32)
+    elif np.issubdtype(img.dtype, np.integer):
+        out = img.astype(np.float32) / np.iinfo(img.dtype).max
+    else:
+        out = img.astype(np.float32)
+        check_finite(out, f"image {source!r}")
+        lo, hi = float(out.min()), float(out.max())
+        if lo < 0 or hi > 1:
+            out = (out - lo) / max(hi - lo, 1e-12)
+    if gray and out.shape[-1] > 1:
+        out = out.mean(-1, keepdims=True)
+    return out

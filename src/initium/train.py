@@ -1,0 +1,109 @@
+"""The one training loop: full-batch Adam on ``loss_fn(model(inputs), target)``.
+
+The per-step loss is written into a tensor on the model's device and read back only at the
+evaluation steps, so the loop issues no host synchronisation between them. At each evaluation the
+loss is checked (the NaN guard) and ``on_eval(step, prediction)`` is called with the prediction of
+the model after ``step`` updates (taken from the forward pass the next update needs anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Collection, Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["ProgressFn", "TrainingDiverged", "fit", "mse", "progress_hook"]
+
+ProgressFn = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``: called after every step; set by the CLI, never printed here."""
+
+_PROGRESS: contextvars.ContextVar[ProgressFn | None] = contextvars.ContextVar("initium_progress", default=None)
+
+
+@contextlib.contextmanager
+def progress_hook(fn: ProgressFn | None) -> Iterator[None]:
+    """Route every :func:`fit` step inside the block to ``fn`` (a progress bar, a logger)."""
+    token = _PROGRESS.set(fn)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; ``step`` is the first evaluation step that saw it."""
+
+    def __init__(self, step: int, history: torch.Tensor) -> None:
+        super().__init__(f"loss is not finite at step {step}; lower the learning rate")
+        self.step = step
+        self.history = history
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.mean((pred - target) ** 2)
+
+
+def fit(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    target: torch.Tensor | Callable[[int], torch.Tensor],
+    *,
+    steps: int,
+    lr: float,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mse,
+    evaluate_at: Collection[int] = (),
+    on_eval: Callable[[int, torch.Tensor], None] | None = None,
+    compile: bool = False,
+    phase: str = "train",
+    check_every: int = 100,
+) -> torch.Tensor:
+    """Train ``model`` for ``steps`` full-batch Adam steps; return the loss history on the CPU.
+
+    ``history[k]`` is the loss of the model after ``k`` updates, ``k = 0 .. steps``. ``target`` is a
+    tensor, or a function of the step that returns one (fresh noise every step). ``compile``
+    wraps the forward-and-loss in ``torch.compile``. The NaN guard reads the loss back at the
+    evaluation steps, every ``check_every`` steps and at the end; nowhere else.
+    """
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if check_every < 1:
+        raise ValueError(f"check_every must be >= 1, got {check_every!r}")
+    target_at = target if callable(target) else (lambda _step: target)
+
+    def forward_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pred = model(x)
+        return loss_fn(pred, y), pred
+
+    step_fn = torch.compile(forward_loss) if compile else forward_loss
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    history = torch.empty(steps + 1, device=inputs.device)
+    evals = set(evaluate_at)
+    progress = _PROGRESS.get()
+    model.train()
+    for step in range(steps + 1):
+        y = target_at(step)
+        if step == steps:  # the final model: one more forward, no update
+            with torch.no_grad():
+                loss, pred = forward_loss(inputs, y)
+        else:
+            loss, pred = step_fn(inputs, y)
+        history[step] = loss.detach()
+        if step in evals or step == steps or step % check_every == 0:
+            if not torch.isfinite(history[step]):  # a host sync, only at evaluation steps
+                raise TrainingDiverged(step, history[: step + 1].cpu())
+            if on_eval is not None and step in evals:
+                on_eval(step, pred.detach())
+        if step == steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress is not None:
+            progress(phase, step + 1, steps)
+    return history.cpu()

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from initium.tasks.image_fit import ImageFit, ImageFitConfig
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own init cache, so no test sees another's entries."""
+    monkeypatch.setenv("INITIUM_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def camera64() -> ImageFit:
+    """A 64 px crop (full resolution) of scikit-image's camera, as an image-fit task."""
+    task = ImageFit(ImageFitConfig(image="camera", size=64, scale="crop"))
+    task.setup(torch.device("cpu"))
+    return task

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import initium.runner
+from initium.cli import main
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Bad input must fail before any training: make training itself a test failure."""
+
+    def boom(*_a, **_k):
+        raise AssertionError("training started before the input was checked")
+
+    monkeypatch.setattr(initium.runner, "fit", boom)
+    monkeypatch.setattr("initium.methods.noise.fit", boom)
+
+
+def _run(tmp_path, *extra):
+    return ["run", "image-fit", "--size", "16", "--steps", "5", "--seeds", "1", "--out", str(tmp_path / "o"), *extra]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--image", "camra"], "closest: camera"),
+        (["--methods", "default,nois"], "closest: noise"),
+        (["--arch", "sirn"], "closest: siren"),
+        (["--methods", "noise(stpes=3)"], "steps"),
+        (["--image", "/no/such/file.png"], "does not exist"),
+        (["--device", "cuda:0"], "CUDA is not available"),
+        (["--steps", "0"], "--steps"),
+    ],
+)
+def test_bad_input_gives_one_clear_error(tmp_path, capsys, no_training, extra, message):
+    assert main(_run(tmp_path, *extra)) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and message in " ".join(err.split())
+
+
+def test_unknown_task(tmp_path, capsys, no_training):
+    assert main(["run", "imagefit", "--out", str(tmp_path)]) == 2
+    assert "closest: image-fit" in capsys.readouterr().err
+
+
+def test_nan_image_file(tmp_path, capsys, no_training):
+    import imageio.v3 as iio
+
+    bad = np.full((32, 32), 0.5, np.float32)
+    bad[0, 0] = np.inf
+    iio.imwrite(tmp_path / "bad.tif", bad)
+    assert main(_run(tmp_path, "--image", str(tmp_path / "bad.tif"))) == 2
+    assert "NaN or infinite" in capsys.readouterr().err
+
+
+def test_unwritable_cache_fails_before_the_first_run(tmp_path, capsys, monkeypatch, no_training):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("INITIUM_CACHE", str(tmp_path / "file" / "cache"))
+    assert main(_run(tmp_path, "--methods", "default,noise")) == 2  # default would train first
+    assert "not writable" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+
+def test_run_report_and_cache_commands(tmp_path, capsys):
+    assert main(_run(tmp_path, "--methods", "default,noise(steps=3)", "--thresholds", "10,20")) == 0
+    out = capsys.readouterr().out
+    assert "steps→10 dB" in out and "noise(steps=3)" in out
+    assert main(["report", str(tmp_path / "o")]) == 0
+    assert (tmp_path / "o" / "summary.md").exists() and (tmp_path / "o" / "plots" / "psnr.png").exists()
+    assert main(["cache", "ls"]) == 0
+    assert "1 entries" in capsys.readouterr().out
+    assert main(["cache", "clear"]) == 0
+    assert "removed 1" in capsys.readouterr().err
+    assert main(["list"]) == 0
+    assert "image-fit" in capsys.readouterr().out
+
+
+def test_report_of_an_empty_folder(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no results" in capsys.readouterr().err

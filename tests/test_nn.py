@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from initium.nn import ARCHS, PEMLP, FourierMLP, Siren
+from initium.tasks import grid
+
+
+def _linears(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def test_siren_init_bounds_and_variance():
+    torch.manual_seed(0)
+    model = Siren(2, 3, hidden=256, layers=3, w0=30.0)
+    first, *hidden = _linears(model)
+    assert first.weight.abs().max() <= 1 / 2  # U(-1/n, 1/n), n = 2
+    for layer in hidden:
+        bound = math.sqrt(6 / 256) / 30
+        w = layer.weight
+        assert w.abs().max() <= bound
+        if w.numel() >= 256 * 256:  # the 3-row head is too small for a tight variance estimate
+            assert w.var().item() == pytest.approx(bound**2 / 3, rel=0.03)  # variance of U(-b, b)
+
+
+def test_siren_preactivations_have_unit_std():
+    """SIREN's point (section 3.2): with its init, the weight part ``w0 * W x`` of every hidden
+    sine's pre-activation has standard deviation ~1, whatever the depth. (The default biases,
+    kept as in the authors' code, add ``w0^2 / (3n)`` of variance on top.)"""
+    torch.manual_seed(0)
+    model = Siren(2, 1, hidden=512, layers=5)
+    x = grid(64, 64)
+    stds = []
+    for module in model.net:
+        if isinstance(module, torch.nn.Linear):
+            stds.append((30.0 * x @ module.weight.T).std().item())
+        x = module(x)
+    hidden = stds[1:-1]  # not the first layer (coordinates in) nor the linear head
+    assert len(hidden) == 4
+    assert all(s == pytest.approx(1.0, abs=0.05) for s in hidden)
+
+
+def test_fourier_features_are_fixed_gaussian():
+    torch.manual_seed(0)
+    model = FourierMLP(2, 3, features=1024, sigma=10.0)
+    B = model.encoding.B
+    assert B.std().item() == pytest.approx(10.0, rel=0.05)
+    assert "encoding.B" not in dict(model.named_parameters())  # never trained
+    enc = model.encoding(grid(4, 4))
+    pairs = enc[:, :1024] ** 2 + enc[:, 1024:] ** 2
+    torch.testing.assert_close(pairs, torch.ones_like(pairs))
+
+
+def test_positional_encoding_formula():
+    model = PEMLP(2, 1, frequencies=3)
+    p = torch.tensor([[0.25, -0.5]])
+    enc = model.encoding(p)
+    assert enc.shape == (1, 2 * (1 + 2 * 3))
+    expected_sin = torch.tensor([math.sin(2**k * math.pi * v) for v in (0.25, -0.5) for k in range(3)])
+    torch.testing.assert_close(enc[0, 2:8], expected_sin.float())
+
+
+@pytest.mark.parametrize("arch", ARCHS.names())
+def test_archs_map_coordinates_to_channels(arch):
+    model = ARCHS.build(arch, {"hidden": 32}, in_features=2, out_features=3)
+    assert model(grid(5, 5)).shape == (25, 3)
+
+
+@pytest.mark.parametrize("bad", [dict(hidden=0), dict(layers=-1), dict(w0=0.0), dict(hidden=2.5)])
+def test_siren_rejects_bad_sizes(bad):
+    with pytest.raises(ValueError):
+        Siren(2, 1, **bad)

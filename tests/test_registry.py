@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import initium
+from initium._registry import SpecError, UnknownNameError, parse_spec
+from initium.methods import Compose, Method
+from initium.nn import Siren
+
+
+def test_parse_spec_nested_and_composed():
+    parts = parse_spec("noise(steps=300, noise=spectral(alpha=1), target_range=(0, 2))+xavier(gain=2.0)+default")
+    assert parts == [
+        ("noise", {"steps": 300, "noise": "spectral(alpha=1)", "target_range": (0, 2)}),
+        ("xavier", {"gain": 2.0}),
+        ("default", {}),
+    ]
+
+
+@pytest.mark.parametrize("spec", ["noise(steps=300", "noise)(", "(steps=1)", "noise(300)", "", "noise(steps=3,x)"])
+def test_malformed_specs_raise(spec):
+    with pytest.raises(SpecError):
+        initium.create(spec)
+
+
+def test_unknown_method_names_closest():
+    with pytest.raises(UnknownNameError, match="closest: noise"):
+        initium.create("nosie")
+
+
+def test_unknown_option_lists_options():
+    with pytest.raises(SpecError, match=r"'stpes'.*closest: steps"):
+        initium.create("noise(stpes=3)")
+
+
+def test_option_types_are_checked_and_widened():
+    with pytest.raises(SpecError, match="expected int"):
+        initium.create("noise(steps=1.5)")
+    assert initium.create("noise(lr=1)").config.lr == 1.0  # int widened to float
+    assert initium.create("noise(target_range=[0,2])").config.target_range == (0.0, 2.0)
+
+
+def test_defaults_fill_only_unset_fields():
+    assert initium.create("noise", seed=5).config.seed == 5
+    assert initium.create("noise(seed=2)", seed=5).config.seed == 2
+    composed = initium.create("xavier+noise", seed=7)
+    assert [m.config.seed for m in composed.methods] == [7, 7]
+    assert initium.create("default", seed=3).name == "default"  # a default with no such field is ignored
+
+
+def test_compose_applies_left_to_right():
+    order = []
+
+    class Tag(Method):
+        def __init__(self, tag):
+            self.name = tag
+
+        def __call__(self, model, inputs=None):
+            order.append(self.name)
+            return model
+
+    model = torch.nn.Linear(2, 2)
+    assert Compose([Tag("a"), Tag("b"), Tag("c")])(model) is model
+    assert order == ["a", "b", "c"]
+
+
+def test_builtin_methods_are_registered():
+    assert {"default", "xavier", "kaiming", "noise"} <= set(initium.list_methods())
+
+
+@pytest.mark.parametrize("name", initium.list_methods())
+def test_every_method_is_deterministic_and_in_place(name):
+    """Each registered method returns the same module, gives finite outputs and draws its
+    randomness from its own seed, not from the global RNG."""
+    coords = initium.tasks.grid(8, 8)
+
+    def apply(global_seed):
+        torch.manual_seed(0)
+        model = Siren(2, 1, hidden=16, layers=2)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        torch.manual_seed(global_seed)  # must not matter
+        method = initium.create(name, seed=1, steps=5, cache=False)
+        assert method(model, coords) is model
+        return before, model.state_dict()
+
+    before, after = apply(100)
+    _, again = apply(200)
+    assert all(torch.equal(after[k], again[k]) for k in after)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    changed = any(not torch.equal(before[k], after[k]) for k in after)
+    assert changed == (name != "default")
