@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from initium._registry import split_top
 from initium.report import summarize
-from initium.runner import RunConfig, run
+from initium.runner import RunConfig, load_results, run
 
 METHODS = ("default", "noise", "noise(resample=True)", "noise(noise=uniform)", "noise(noise=spectral)")
 
@@ -37,38 +37,53 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated method specs")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/bench/inr_convergence"))
+    ap.add_argument("--report-only", action="store_true", help="summarise the finished runs, train nothing")
     args = ap.parse_args()
     os.environ["INITIUM_CACHE"] = tempfile.mkdtemp(prefix="initium-bench-cache-")
     methods = tuple(split_top(args.methods, ","))
     sections = []
     start = time.perf_counter()
+    env: dict = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
-        for arch in args.archs.split(","):
-            for image in args.images.split(","):
+        # Image-major: if the sweep is stopped early, every architecture has the first image.
+        for image in args.images.split(","):
+            for arch in args.archs.split(","):
                 out = args.out / f"{arch}_{image}_{args.size}"
-                bar_id = bar.add_task(f"{arch} {image}", total=None)
-
-                def progress(label: str, k: int, n: int, bar_id=bar_id, name=f"{arch} {image}") -> None:
-                    bar.update(bar_id, description=f"{name}: {label}", completed=k, total=n)
-
                 cfg = RunConfig(
                     task="image-fit", out=out, arch=arch, methods=methods, seeds=tuple(range(args.seeds)),
                     steps=args.steps, device=args.device, task_options={"image": image, "size": args.size},
                 )  # fmt: skip
-                records = run(cfg, progress=progress)
-                bar.remove_task(bar_id)
-                table = summarize(records)
-                sections.append(f"**{arch} · {image} · {args.size} px**\n\n{table.markdown()}\n")
-    env = records[-1]["env"]
+                if args.report_only:
+                    records = load_results(out)
+                else:
+                    bar_id = bar.add_task(f"{arch} {image}", total=None)
+
+                    def progress(label: str, k: int, n: int, bar_id=bar_id, name=f"{arch} {image}") -> None:
+                        bar.update(bar_id, description=f"{name}: {label}", completed=k, total=n)
+
+                    records = run(cfg, progress=progress)
+                    bar.remove_task(bar_id)
+                if not records:
+                    continue
+                env = records[-1]["env"]
+                runs = sum(r.get("status") == "ok" for r in records)
+                title = f"**{arch} · {image} · {args.size} px** ({runs} runs)"
+                sections.append(f"{title}\n\n{summarize(records).markdown()}\n")
+                _write(args, env, sections, time.perf_counter() - start)
+    print((args.out / "summary.md").read_text() if sections else "no results yet")
+
+
+def _write(args: argparse.Namespace, env: dict, sections: list[str], seconds: float) -> None:
+    """Rewrite the summary after every section, so a stopped sweep still reports what finished."""
     header = (
         f"Command: `python benchmarks/inr_convergence.py --size {args.size} --steps {args.steps} --seeds {args.seeds}"
         f" --archs {args.archs} --images {args.images}`  \n"
-        f"Device: {env['device']} ({env['device_name']}, {env['threads']} threads), torch {env['torch']};"
-        f" {time.perf_counter() - start:.0f} s in all.\n"
+        f"Device: {env['device']} ({env['device_name']}, {env['threads']} threads), torch {env['torch']}"
+        + ("" if args.report_only else f"; {seconds:.0f} s for this invocation")
+        + ".\n"
     )
-    text = header + "\n" + "\n".join(sections)
-    (args.out / "summary.md").write_text(text)
-    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.md").write_text(header + "\n" + "\n".join(sections))
 
 
 if __name__ == "__main__":

@@ -37,23 +37,25 @@ def test_second_identical_call_is_a_hit(tmp_path):
     assert len(store.entries()) == 1
 
 
-@pytest.mark.parametrize("change", ["seed", "steps", "noise", "inputs", "model"])
+CHANGES = {
+    "seed": dict(seed=1),
+    "steps": dict(steps=6),
+    "noise": dict(noise="uniform"),
+    "noise options": dict(noise="spectral(alpha=1)"),
+    "lr": dict(lr=2e-4),
+    "resample": dict(resample=True),
+    "target_range": dict(target_range=(0.0, 2.0)),
+}
+
+
+@pytest.mark.parametrize("change", [*CHANGES, "inputs", "model"])
 def test_anything_that_matters_changes_the_key(tmp_path, change):
     store = InitCache(tmp_path)
-    base = dict(steps=5, seed=0, noise="gaussian")
+    base = dict(steps=5, seed=0, noise="spectral(alpha=2)")
     initium.noise_pretrain(_model(), grid(8, 8), cache=store, **base)
-    kw = dict(base)
-    model, coords = _model(), grid(8, 8)
-    if change == "seed":
-        kw["seed"] = 1
-    elif change == "steps":
-        kw["steps"] = 6
-    elif change == "noise":
-        kw["noise"] = "uniform"
-    elif change == "inputs":
-        coords = grid(8, 8) * 0.5
-    else:
-        model = _model(seed=1)
+    kw = base | CHANGES.get(change, {})
+    model = _model(seed=1) if change == "model" else _model()
+    coords = grid(8, 8) * 0.5 if change == "inputs" else grid(8, 8)
     calls = Forwards(model)
     initium.noise_pretrain(model, coords, cache=store, **kw)
     assert calls.n > 0

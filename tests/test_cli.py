@@ -41,8 +41,13 @@ def test_bad_input_gives_one_clear_error(tmp_path, capsys, no_training, extra, m
 
 
 def test_unknown_task(tmp_path, capsys, no_training):
-    assert main(["run", "imagefit", "--out", str(tmp_path)]) == 2
+    assert main(["run", "imagefit", "--image", "camera", "--out", str(tmp_path)]) == 2
     assert "closest: image-fit" in capsys.readouterr().err
+
+
+def test_task_options_after_other_options(tmp_path):
+    argv = ["run", "--arch", "siren(hidden=8)", "image-fit", "--size", "8", "--steps", "2", "--seeds", "1"]
+    assert main([*argv, "--methods", "default", "--out", str(tmp_path / "o")]) == 0
 
 
 def test_nan_image_file(tmp_path, capsys, no_training):

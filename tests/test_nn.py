@@ -18,7 +18,8 @@ def test_siren_init_bounds_and_variance():
     model = Siren(2, 3, hidden=256, layers=3, w0=30.0)
     first, *hidden = _linears(model)
     assert first.weight.abs().max() <= 1 / 2  # U(-1/n, 1/n), n = 2
-    for layer in hidden:
+    assert first.weight.var().item() == pytest.approx(0.5**2 / 3, rel=0.15)  # 512 draws
+    for layer in hidden:  # the hidden layers and the linear head
         bound = math.sqrt(6 / 256) / 30
         w = layer.weight
         assert w.abs().max() <= bound
@@ -49,9 +50,15 @@ def test_fourier_features_are_fixed_gaussian():
     B = model.encoding.B
     assert B.std().item() == pytest.approx(10.0, rel=0.05)
     assert "encoding.B" not in dict(model.named_parameters())  # never trained
-    enc = model.encoding(grid(4, 4))
-    pairs = enc[:, :1024] ** 2 + enc[:, 1024:] ** 2
-    torch.testing.assert_close(pairs, torch.ones_like(pairs))
+
+
+def test_fourier_features_match_tancik_on_unit_coordinates():
+    """On initium's [-1, 1] grid the mapping equals the paper's cos/sin(2 pi B u) at u = (v+1)/2."""
+    enc = FourierMLP(2, 1, features=8, sigma=3.0).encoding
+    v = torch.tensor([[-1.0, 0.5], [0.25, 1.0]])
+    u = (v + 1) / 2
+    proj = 2 * math.pi * u @ enc.B.T
+    torch.testing.assert_close(enc(v), torch.cat([torch.cos(proj), torch.sin(proj)], -1), rtol=1e-5, atol=1e-5)
 
 
 def test_positional_encoding_formula():
@@ -60,7 +67,10 @@ def test_positional_encoding_formula():
     enc = model.encoding(p)
     assert enc.shape == (1, 2 * (1 + 2 * 3))
     expected_sin = torch.tensor([math.sin(2**k * math.pi * v) for v in (0.25, -0.5) for k in range(3)])
+    expected_cos = torch.tensor([math.cos(2**k * math.pi * v) for v in (0.25, -0.5) for k in range(3)])
+    torch.testing.assert_close(enc[0, :2], p[0])  # the raw coordinates pass through
     torch.testing.assert_close(enc[0, 2:8], expected_sin.float())
+    torch.testing.assert_close(enc[0, 8:14], expected_cos.float())
 
 
 @pytest.mark.parametrize("arch", ARCHS.names())

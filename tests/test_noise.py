@@ -43,6 +43,18 @@ def test_spectral_noise_on_coordinate_grid_keeps_the_spectrum():
         assert abs(_radial_slope(noise[:, c].reshape(96, 96).numpy()) + 2.0) < 0.2
 
 
+def test_spectral_rows_follow_the_grid_on_a_non_square_grid():
+    """Row i of a coordinate net's noise target is pixel i of the 'ij' grid: the (N, C) target is
+    exactly the (C, H, W) fields, transposed to pixels-by-channels, not a transposed image."""
+    coords = grid(12, 20)
+    source = NOISES.build("spectral", {"alpha": 1.5})
+    noise = sample_noise(source, (240, 2), generator=torch.Generator().manual_seed(5), spatial=grid_shape(coords))
+    fields = spectral_noise((240, 2), (12, 20), 1.5, torch.Generator().manual_seed(5))
+    expected = fields * (1 / np.sqrt(12)) + 0.5
+    for c in range(2):
+        torch.testing.assert_close(noise[:, c].reshape(12, 20), expected[c])
+
+
 @pytest.mark.parametrize("kind", ["gaussian", "spectral"])
 def test_noise_moments_match_target_range(kind):
     gen = torch.Generator().manual_seed(0)
@@ -78,5 +90,7 @@ def test_bad_noise_arguments():
         NOISES.build("gausian")
     with pytest.raises(ValueError, match="spatial grid"):
         sample_noise(NOISES.build("spectral"), (10, 1), generator=torch.Generator())
+    with pytest.raises(ValueError, match="std"):
+        NOISES.build("gaussian", {"std": -1.0})
     with pytest.raises(ValueError, match="target_range"):
         sample_noise(NOISES.build("uniform"), (10, 1), target_range=(1.0, 0.0), generator=torch.Generator())

@@ -71,6 +71,53 @@ def test_truncated_results_line_is_skipped(tmp_path):
     assert len(load_results(tmp_path)) == 1
 
 
+def test_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path):
+    records = run(_cfg(tmp_path, arch="fourier(hidden=16)", methods=("default",), seeds=(0,), lr=1e12, steps=20))
+    ok = run(_cfg(tmp_path, arch="fourier(hidden=16)", methods=("default",), seeds=(1,), steps=20))
+    (bad,) = records
+    assert bad["status"].startswith("diverged")
+    assert len(bad["metric_every_step"]) == 21 and bad["metric_every_step"][-1] is None
+    assert [r["status"] for r in ok] == [bad["status"], "ok"]
+    assert "(1 failed)" in summarize(ok).rows[0][1]
+
+
+def test_resume_tells_architecture_options_apart(tmp_path):
+    run(_cfg(tmp_path, arch="siren(hidden=8)", methods=("default",), seeds=(0,)))
+    records = run(_cfg(tmp_path, arch="siren(hidden=16)", methods=("default",), seeds=(0,)))
+    assert sorted(r["arch_config"]["hidden"] for r in records) == [8, 16]
+    assert [row[0] for row in summarize(records).rows] == ["siren(hidden=8)/default", "siren(hidden=16)/default"]
+
+
+def test_checkpoint_at_the_last_step_and_mixed_thresholds(tmp_path):
+    run(_cfg(tmp_path, methods=("default",), seeds=(0,), steps=100, thresholds=(10.0,)))
+    records = run(_cfg(tmp_path, methods=("default",), seeds=(1,), steps=100, thresholds=(12.0,)))
+    assert records[0]["at_step"]["100"] == records[0]["metric_every_step"][100]
+    table = summarize(records)
+    assert "psnr@100" in table.columns and "steps→10 dB" in table.columns and "steps→12 dB" in table.columns
+    assert table.rows[0][1] == "2"
+
+
+def test_cache_hits_are_recorded(tmp_path):
+    first = run(_cfg(tmp_path / "a", methods=("noise(steps=5)",), seeds=(0,)))
+    second = run(_cfg(tmp_path / "b", methods=("noise(steps=5)",), seeds=(0,)))
+    assert first[0]["method_info"] == {"cache": "miss"} and second[0]["method_info"] == {"cache": "hit"}
+    assert first[0]["metric_every_step"] == second[0]["metric_every_step"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"eval_every": 0}, "eval-every"),
+        ({"lr": float("inf")}, "lr"),
+        ({"arch": "siren(out_features=3)"}, "set by the task"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_run_settings(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        run(_cfg(tmp_path, **kw))
+
+
 def test_eval_steps():
     assert eval_steps(10, 5, (100,)) == [0, 5, 10]
     assert eval_steps(300, None, (100, 300, 1000))[:3] == [0, 3, 6] and 100 in eval_steps(300, None, (100,))

@@ -76,9 +76,17 @@ def test_image_fit_resize_and_metrics_of_a_perfect_fit():
     assert all(m[f"band_{b}"] == 0 for b in ("low", "mid", "high"))
 
 
+def test_image_file_without_a_suffix(tmp_path):
+    img = np.zeros((16, 16), np.uint8)
+    img[4:8] = 255
+    iio.imwrite(tmp_path / "plain.png", img)
+    (tmp_path / "plain.png").rename(tmp_path / "plain")
+    assert load_image(str(tmp_path / "plain")).sum() == 4 * 16
+
+
 def test_image_fit_bad_config():
     with pytest.raises(ValueError, match="size"):
-        TASKS.build("image-fit", {"size": 1})
+        TASKS.build("image-fit", {"size": 6})  # below SSIM's 7x7 window
     task = TASKS.build("image-fit", {"image": "text", "size": 300, "scale": "crop"})  # text is 172x448
     with pytest.raises(ValueError, match="larger than the image"):
         task.setup(torch.device("cpu"))

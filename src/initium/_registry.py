@@ -87,9 +87,12 @@ def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
                 if not item:
                     continue
                 key, eq, value = item.partition("=")
-                if not eq or not key.strip().isidentifier():
+                key = key.strip()
+                if not eq or not key.isidentifier():
                     raise SpecError(f"expected key=value in {part!r}, got {item!r}")
-                kwargs[key.strip()] = _literal(value.strip())
+                if key in kwargs:
+                    raise SpecError(f"option {key!r} is given twice in {part!r}")
+                kwargs[key] = _literal(value.strip())
         out.append((name, kwargs))
     return out
 
@@ -116,7 +119,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin is tuple or hint is tuple:
         if isinstance(value, (list, tuple)):
             args = typing.get_args(hint)
-            if args and args[-1] is not Ellipsis and len(args) == len(value):
+            if args and args[-1] is not Ellipsis:
+                if len(args) != len(value):
+                    raise SpecError(f"{where}: expected a tuple of {len(args)} values, got {value!r}")
                 return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
             if args and args[-1] is Ellipsis:
                 return tuple(_coerce(v, args[0], where) for v in value)
@@ -217,19 +222,39 @@ class Registry(Generic[T]):
                 f" (all: {', '.join(self.names())})"
             ) from None
 
-    def config(self, name: str, kwargs: Mapping[str, Any] | None = None, **defaults: Any) -> Any:
-        """The entry's config built from ``kwargs``; ``defaults`` fill fields the caller left unset."""
+    def config(
+        self,
+        name: str,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        fixed: Mapping[str, Any] | None = None,
+        **defaults: Any,
+    ) -> Any:
+        """The entry's config built from ``kwargs``; ``defaults`` fill fields the caller left unset;
+        ``fixed`` are set by the caller and may not be given in ``kwargs`` (e.g. a task's
+        ``in_features``)."""
         entry = self.entry(name)
         kwargs = dict(kwargs or {})
+        for key, value in (fixed or {}).items():
+            if key in kwargs:
+                raise SpecError(f"{self.kind} {name!r}: {key} is set by the task ({value!r}); remove it from the spec")
+            kwargs[key] = value
         if entry.config is None:
             return _check_signature(entry.factory, {**defaults, **kwargs}, f"{self.kind} {name!r}")
         fields = {f.name for f in dataclasses.fields(entry.config)}
         merged = {k: v for k, v in defaults.items() if k in fields} | kwargs
         return build_config(entry.config, merged, f"{self.kind} {name!r}")
 
-    def build(self, name: str, kwargs: Mapping[str, Any] | None = None, **defaults: Any) -> T:
+    def build(
+        self,
+        name: str,
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        fixed: Mapping[str, Any] | None = None,
+        **defaults: Any,
+    ) -> T:
         """Create one object: ``build("noise", {"steps": 300})``."""
-        cfg = self.config(name, kwargs, **defaults)
+        cfg = self.config(name, kwargs, fixed=fixed, **defaults)
         factory = self.entry(name).factory
         return factory(**cfg) if isinstance(cfg, dict) else factory(cfg)
 

@@ -3,9 +3,10 @@
 An entry is ``ROOT/<key[:2]>/<key>.safetensors`` (the weights) and ``<key>.json`` (what made them
 and the weights file's sha256). The key hashes everything the result depends on: the model's
 class, structure (``repr``) and every parameter and buffer value before the method ran, the
-inputs' shape, dtype and values, the method's config and the device type. Both files are
-written atomically, weights first: the JSON is the commit record, so a crash between the two
-leaves no entry. On load the checksum is verified; a mismatch is discarded with a warning and
+inputs' shape, dtype and values, the method's config, the device type and the torch version.
+Both files are written atomically, weights first: the JSON is the commit record, so a crash
+between the two leaves at most an orphan weights file (``clear`` removes it), never an entry
+that loads. On load the checksum is verified; a mismatch is discarded with a warning and
 the caller recomputes.
 """
 
@@ -92,6 +93,7 @@ class InitCache:
             "state": tensor_digest(state),
             "inputs": tensor_digest({"inputs": inputs}),
             "device": inputs.device.type,
+            "torch": torch.__version__,  # numerics change between releases
             "config": config,
         }
         return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()

@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table as RichTable
 
-from ._registry import SpecError, UnknownNameError, split_top
+from ._registry import UnknownNameError, closest, split_top
 from .cache import CacheError, InitCache
 from .methods import METHODS
 from .nn import ARCHS
@@ -25,7 +25,9 @@ from .tasks import SAMPLE_IMAGES, TASKS
 console = Console(stderr=True)
 out_console = Console()
 out_console.width = max(out_console.width, 110)  # the summary table stays on one line per method
-USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, CacheError, SpecError, UnknownNameError)
+# What bad input raises (UnknownNameError and SpecError are ValueErrors); anything else is a bug
+# and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, CacheError)
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -149,6 +151,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     try:
         records = run(cfg, progress=progress)
+        if state:  # skipped (resumed) and diverged runs never reach a last train step
+            bar.update(state["overall"], completed=total)
     finally:
         bar.stop()
     print_table(summarize(records))
@@ -191,10 +195,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _unknown_task(name: str) -> str:
+    return f"unknown task {name!r}; closest: {', '.join(closest(name, TASKS.names()))}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The task's own options (--image, --size ...) depend on the task: find it first.
-    task = argv[argv.index("run") + 1] if "run" in argv and argv.index("run") + 1 < len(argv) else None
+    first, _ = build_parser().parse_known_args(argv)
+    task = getattr(first, "task", None)
+    if task is not None and task not in TASKS:
+        console.print(f"[bold red]error:[/] {UnknownNameError(_unknown_task(task))}", soft_wrap=True)
+        return 2
     args = build_parser(task).parse_args(argv)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])

@@ -51,7 +51,13 @@ class GaussianNoise(NoiseSource):
     mean: float | None = None
     std: float | None = None
 
-    def sample(self, shape, target_range, generator, spatial):
+    def __post_init__(self) -> None:
+        if self.std is not None and not self.std >= 0:
+            raise ValueError(f"gaussian noise std must be >= 0, got {self.std}")
+
+    def sample(
+        self, shape: tuple[int, ...], target_range: Range, generator: torch.Generator, spatial: tuple[int, ...] | None
+    ) -> torch.Tensor:
         mean, std = _moments(target_range)
         mean = mean if self.mean is None else self.mean
         std = std if self.std is None else self.std
@@ -62,7 +68,9 @@ class GaussianNoise(NoiseSource):
 class UniformNoise(NoiseSource):
     """White noise, uniform over the target range."""
 
-    def sample(self, shape, target_range, generator, spatial):
+    def sample(
+        self, shape: tuple[int, ...], target_range: Range, generator: torch.Generator, spatial: tuple[int, ...] | None
+    ) -> torch.Tensor:
         lo, hi = target_range
         return torch.rand(shape, generator=generator) * (hi - lo) + lo
 
@@ -74,7 +82,9 @@ class SpectralNoise(NoiseSource):
     alpha: float = 2.0
     needs_grid = True
 
-    def sample(self, shape, target_range, generator, spatial):
+    def sample(
+        self, shape: tuple[int, ...], target_range: Range, generator: torch.Generator, spatial: tuple[int, ...] | None
+    ) -> torch.Tensor:
         if spatial is None:
             raise ValueError(
                 "spectral noise needs the output's spatial grid: pass coordinates on a regular grid"

@@ -21,7 +21,8 @@ from scipy import stats
 
 from ._io import atomic_write_text
 from .metrics import BANDS
-from .runner import load_results
+from .runner import load_results, steps_to
+from .tasks import TASKS
 
 __all__ = ["Table", "mean_ci", "summarize", "write_report"]
 
@@ -56,26 +57,41 @@ def _fmt(values: Sequence[float | None], digits: int, total: int) -> str:
 
 
 def group(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Records by label (method spec, with the arch and task when the folder mixes them)."""
-    archs = {(r["task"], r["arch"]) for r in records}
+    """Records by label: the method spec, prefixed with the architecture spec (and the task) when
+    the folder holds more than one."""
+    tasks = {r["task"] for r in records}
+    archs = {(r["task"], r.get("arch_spec", r["arch"])) for r in records}
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        label = r["method"] if len(archs) == 1 else f"{r['task']}/{r['arch']}/{r['method']}"
-        groups[label].append(r)
+        prefix = (f"{r['task']}/" if len(tasks) > 1 else "") + (
+            f"{r.get('arch_spec', r['arch'])}/" if len(archs) > 1 else ""
+        )
+        groups[prefix + r["method"]].append(r)
     return dict(groups)
 
 
+def _task_class(rec: dict[str, Any]) -> Any:
+    return TASKS.entry(rec["task"]).factory
+
+
+def _thresholds(records: list[dict[str, Any]]) -> list[str]:
+    """Every threshold any record was run with, in increasing order."""
+    return sorted({t for r in records for t in r.get("steps_to", {})}, key=float)
+
+
 def summarize(records: list[dict[str, Any]]) -> Table:
-    """The summary table over seeds (see the module docstring)."""
+    """The summary table over seeds (see the module docstring). Checkpoint values and steps to
+    each threshold are read off every record's per-step metric, so records run with other
+    ``--thresholds`` or before a checkpoint was added still line up."""
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
         return Table("no finished runs", ["method"], [])
     first = ok[0]
-    metric, unit = first["metric"], ""
-    checkpoints = [k for k in first["at_step"] if k != "final"]
-    thresholds = list(first["steps_to"])
-    unit = " dB" if metric == "psnr" else ""
-    columns = ["method", "seeds"] + [f"{metric}@{c}" for c in checkpoints] + [f"{metric}@end"]
+    cls, steps = _task_class(first), min(r["steps"] for r in ok)
+    metric, unit = first["metric"], f" {cls.unit}" if cls.unit else ""
+    checkpoints = [c for c in cls.checkpoints if c < steps]
+    thresholds = _thresholds(ok)
+    columns = ["method", "seeds"] + [f"{metric}@{c}" for c in checkpoints] + [f"{metric}@{steps}"]
     columns += [f"steps→{t}{unit}" for t in thresholds] + ["init+train s"]
     rows = []
     for label, runs in group(records).items():
@@ -84,13 +100,14 @@ def summarize(records: list[dict[str, Any]]) -> Table:
             rows.append([label, f"0/{len(runs)}"] + ["diverged"] * (len(columns) - 2))
             continue
         n = len(done)
+        curves = [[-math.inf if v is None else v for v in r["metric_every_step"]] for r in done]
         row = [label, str(n) + ("" if n == len(runs) else f" ({len(runs) - n} failed)")]
-        row += [_fmt([r["at_step"].get(c) for r in done], 1, n) for c in [*checkpoints, "final"]]
-        row += [_fmt([r["steps_to"][t] for r in done], 0, n) for t in thresholds]
+        row += [_fmt([c[k] for c in curves], 1, n) for k in [*checkpoints, steps]]
+        row += [_fmt([steps_to(c[: steps + 1], float(t)) for c in curves], 0, n) for t in thresholds]
         init, train = (float(np.mean([r["wall"][k] for r in done])) for k in ("init_s", "train_s"))
         row.append(f"{init:.1f}+{train:.1f}")
         rows.append(row)
-    title = f"{first['task']} · {first['arch']} · {first['steps']} steps · mean ± 95% CI over seeds"
+    title = f"{first['task']} · {first.get('arch_spec', first['arch'])} · {steps} steps · mean ± 95% CI over seeds"
     return Table(title, columns, rows)
 
 
@@ -121,16 +138,15 @@ def plot_metric(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     for label, runs in groups.items():
         ys = _stack(runs, lambda r: [np.nan if v is None else v for v in r["metric_every_step"]])
         _band(ax, np.arange(ys.shape[1]), ys, label)
-    thresholds = [float(t) for t in next(iter(groups.values()))[0]["steps_to"]]
-    for t in thresholds:
-        ax.axhline(t, color="0.6", lw=0.8, ls=":")
+    first = next(iter(groups.values()))[0]
+    cls = _task_class(first)
+    for t in _thresholds([r for runs in groups.values() for r in runs]):
+        ax.axhline(float(t), color="0.6", lw=0.8, ls=":")
     title = f"{metric} vs step (mean, 95% band over seeds)"
-    if metric == "psnr" and ax.get_ylim()[1] > max(thresholds, default=30.0) + 25:
-        # Past ~60 dB a small net has memorised the pixels to float precision; capping the axis
-        # keeps the range where inits differ readable.
-        ax.set_ylim(top=max(thresholds, default=30.0) + 25)
-        title += ", axis capped"
-    ax.set(xlabel="step", ylabel=metric.upper() + (" (dB)" if metric == "psnr" else ""), title=title)
+    if cls.metric_cap is not None and ax.get_ylim()[1] > cls.metric_cap:
+        ax.set_ylim(top=cls.metric_cap)  # keep the range where inits differ readable
+        title += f", axis capped at {cls.metric_cap:g}"
+    ax.set(xlabel="step", ylabel=metric.upper() + (f" ({cls.unit})" if cls.unit else ""), title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)

@@ -63,6 +63,12 @@ def resolve_device(device: str | None) -> torch.device:
         raise ValueError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, mps)") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device!r}: MPS is not available on this machine; use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device!r}: initium runs on cpu, cuda or mps")
     return dev
 
 
@@ -92,8 +98,10 @@ def _environment(device: torch.device) -> dict[str, Any]:
 
 def _identity(rec: dict[str, Any]) -> str:
     """What makes two runs the same run (for resuming)."""
-    keys = ("task", "task_config", "arch", "method", "seed", "steps", "lr", "eval_every", "compile")
-    return json.dumps({k: rec.get(k) for k in keys}, sort_keys=True, default=str)
+    keys = ("task", "task_config", "arch", "arch_config", "method", "seed", "steps", "lr", "eval_every", "compile")
+    ident = {k: rec.get(k) for k in keys}
+    ident["device"] = rec.get("device") or rec.get("env", {}).get("device")  # older records: in env only
+    return json.dumps(ident, sort_keys=True, default=str)
 
 
 def load_results(out: str | Path) -> list[dict[str, Any]]:
@@ -123,8 +131,10 @@ def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device]:
         raise ValueError(f"--seeds must name at least one seed >= 0, got {cfg.seeds!r}")
     if not cfg.methods:
         raise ValueError("--methods must name at least one method, e.g. default,noise")
-    if cfg.lr is not None and not cfg.lr > 0:
-        raise ValueError(f"--lr must be > 0, got {cfg.lr!r}")
+    if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ValueError(f"--lr must be a finite number > 0, got {cfg.lr!r}")
+    if cfg.eval_every is not None and (not isinstance(cfg.eval_every, int) or cfg.eval_every < 1):
+        raise ValueError(f"--eval-every must be an int >= 1, got {cfg.eval_every!r}")
     task = TASKS.build(cfg.task, cfg.task_options)
     arch_parts = ARCHS.parse(cfg.arch)
     if len(arch_parts) != 1:
@@ -134,6 +144,12 @@ def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device]:
     device = resolve_device(cfg.device)
     task.setup(device)
     probe = task.build_model(arch, arch_kwargs).to(device)
+    with torch.no_grad():
+        shape = tuple(probe(task.inputs).shape)
+    if shape != tuple(task.target.shape):
+        raise ValueError(
+            f"--arch {cfg.arch!r} outputs shape {shape}, but the task's target is {tuple(task.target.shape)}"
+        )
     for method in methods:
         method.validate(probe, task.inputs)
     return task, arch, arch_kwargs, device
@@ -186,6 +202,7 @@ def _run_one(
         "task": task.name,
         "task_config": task.describe(),
         "arch": arch,
+        "arch_spec": cfg.arch,
         "arch_config": getattr(model, "config", arch_kwargs),
         "method": spec,
         "method_config": method.describe(),
@@ -194,6 +211,7 @@ def _run_one(
         "lr": lr,
         "eval_every": cfg.eval_every,
         "compile": cfg.compile,
+        "device": str(device),
     }
     if _identity(rec) in done:
         log.info("skipping %s seed %d: already in %s", spec, seed, RESULTS)
@@ -231,15 +249,17 @@ def _run_one(
         t2 = time.perf_counter()
 
     every = [round(float(v), 4) if math.isfinite(v) else None for v in task.step_metric(history).tolist()]
+    every += [None] * (cfg.steps + 1 - len(every))  # a diverged run stops early
     finite = [v if v is not None else -math.inf for v in every]
     rec.update(
         status=status,
         metric=task.metric,
         curve=curve,
         metric_every_step=every,
-        at_step={str(c): every[c] for c in task.checkpoints if c < cfg.steps} | {"final": every[-1]},
+        at_step={str(c): every[c] for c in task.checkpoints if c <= cfg.steps} | {"final": every[-1]},
         steps_to={f"{t:g}": steps_to(finite, t) for t in (cfg.thresholds or task.thresholds)},
         wall={"init_s": t1 - t0, "train_s": t2 - t1},
+        method_info=method.info,
         env=_environment(device),
     )
     rec = json.loads(json.dumps(rec))  # exactly what results.jsonl holds (tuples become lists)

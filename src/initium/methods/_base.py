@@ -7,7 +7,7 @@ Methods register in ``METHODS`` by name; :func:`create` turns a spec such as
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -22,6 +22,16 @@ class Method:
 
     name: str = ""
     config: Any = None
+    changes_weights: ClassVar[bool] = True  # False only for a method that keeps the model as it is
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the last call did (e.g. ``{"cache": "hit"}``), for the results record."""
+        return self.__dict__.get("_info", {})
+
+    @info.setter
+    def info(self, value: dict[str, Any]) -> None:
+        self.__dict__["_info"] = value
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor | None = None) -> nn.Module:
         raise NotImplementedError
@@ -59,6 +69,10 @@ class Compose(Method):
 
     def describe(self) -> list[dict[str, Any]]:
         return [d for m in self.methods for d in m.describe()]
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {f"{i}:{m.name}": m.info for i, m in enumerate(self.methods) if m.info}
 
     def __repr__(self) -> str:
         return f"Compose({self.methods!r})"

@@ -34,6 +34,7 @@ class Default(Method):
     """Keep the architecture's own init (SIREN's, Glorot for the Fourier/PE MLPs, ...)."""
 
     name = "default"
+    changes_weights = False
 
     def __init__(self, config: DefaultConfig = DefaultConfig()) -> None:
         self.config = config

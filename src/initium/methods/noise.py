@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -74,8 +75,8 @@ def _check_inputs(model: nn.Module, inputs: torch.Tensor) -> None:
 def _check_config(cfg: NoiseConfig) -> NoiseSource:
     if not isinstance(cfg.steps, int) or cfg.steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {cfg.steps!r}")
-    if cfg.lr is not None and not cfg.lr > 0:
-        raise ValueError(f"lr must be > 0 (or None for the model's default), got {cfg.lr!r}")
+    if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
+        raise ValueError(f"lr must be a finite number > 0 (or None for the model's default), got {cfg.lr!r}")
     lo, hi = cfg.target_range
     if not hi > lo:
         raise ValueError(f"target_range must be (low, high) with high > low, got {cfg.target_range}")
@@ -157,9 +158,11 @@ class NoisePretrain(Method):
         lr = cfg.lr if cfg.lr is not None else float(getattr(model, "default_lr", 1e-4))
         record = {"method": self.name, **dataclasses.asdict(cfg), "lr": lr, "cache": None}
         key = InitCache.key(model, inputs, record) if self.store is not None else None
+        self.info = {"cache": "off" if key is None else "miss"}
         if key is not None and (state := self.store.load(key)) is not None:
             model.load_state_dict(state)
             log.info("noise pretraining: cache hit %s", key[:12])
+            self.info["cache"] = "hit"
             return model
 
         with torch.no_grad():

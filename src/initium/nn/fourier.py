@@ -15,8 +15,14 @@ __all__ = ["PEMLP", "FourierFeatures", "FourierMLP", "PositionalEncoding"]
 
 
 class FourierFeatures(nn.Module):
-    """``gamma(v) = [cos(2 pi B v), sin(2 pi B v)]`` with a fixed ``B ~ N(0, sigma^2)``
-    of shape ``(features, in_features)`` (Tancik et al. 2020, "Gaussian" mapping)."""
+    """``gamma(v) = [cos(2 pi B u), sin(2 pi B u)]``, ``u = (v + 1) / 2``, with a fixed
+    ``B ~ N(0, sigma^2)`` of shape ``(features, in_features)`` (Tancik et al. 2020, "Gaussian"
+    mapping).
+
+    Tancik et al. feed coordinates in ``[0, 1]``; initium's grids span ``[-1, 1]``. Mapping ``v``
+    back to ``u`` keeps ``sigma`` meaning what it means in the paper (``2 pi B u = pi B v + pi B 1``:
+    half the frequency on ``v``, plus a fixed phase).
+    """
 
     def __init__(self, in_features: int, features: int = 256, sigma: float = 10.0) -> None:
         super().__init__()
@@ -28,7 +34,7 @@ class FourierFeatures(nn.Module):
         self.out_features = 2 * features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        proj = 2 * math.pi * x @ self.B.T
+        proj = math.pi * (x + 1) @ self.B.T
         return torch.cat([torch.cos(proj), torch.sin(proj)], dim=-1)
 
     def extra_repr(self) -> str:

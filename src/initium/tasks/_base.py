@@ -33,6 +33,7 @@ class Task:
     name: ClassVar[str] = ""
     metric: ClassVar[str] = "psnr"  # the headline metric, computed every step from the loss
     unit: ClassVar[str] = ""
+    metric_cap: ClassVar[float | None] = None  # the report's plots cap their axis here
     thresholds: ClassVar[tuple[float, ...]] = ()  # "steps to reach" columns of the summary
     checkpoints: ClassVar[tuple[int, ...]] = ()  # "metric at step" columns of the summary
     snapshot_steps: ClassVar[tuple[int, ...]] = ()  # steps whose predictions the report shows

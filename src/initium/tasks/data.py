@@ -30,7 +30,7 @@ def _read(source: str) -> np.ndarray:
 
         return np.asarray(getattr(skimage.data, source)())
     path = Path(source).expanduser()
-    if path.suffix or path.parent != Path("."):  # looks like a file path
+    if path.is_file() or path.suffix or path.parent != Path("."):  # a file, or meant as one
         if not path.is_file():
             raise FileNotFoundError(f"image file {str(path)!r} does not exist (or give a bundled image name)")
         import skimage.io
