@@ -20,8 +20,7 @@ $(STAMP): pyproject.toml Makefile
 # target-noise pretraining, 3 seeds; ends with the table, then writes plots to $(DEMO)/plots.
 demo: $(STAMP)
 	$(BIN)/initium run image-fit --image camera --size 96 --arch siren --methods default,noise \
-	    --seeds 3 --steps 300 --thresholds 25,30,40 --out $(DEMO)
-	$(BIN)/initium report $(DEMO)
+	    --seeds 3 --steps 300 --thresholds 25,30,40 --out $(DEMO) --report
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

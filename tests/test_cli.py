@@ -47,7 +47,8 @@ def test_unknown_task(tmp_path, capsys, no_training):
 
 def test_task_options_after_other_options(tmp_path):
     argv = ["run", "--arch", "siren(hidden=8)", "image-fit", "--size", "8", "--steps", "2", "--seeds", "1"]
-    assert main([*argv, "--methods", "default", "--out", str(tmp_path / "o")]) == 0
+    assert main([*argv, "--methods", "default", "--out", str(tmp_path / "o"), "--report"]) == 0
+    assert (tmp_path / "o" / "plots" / "psnr.png").exists()  # --report wrote the plots too
 
 
 def test_nan_image_file(tmp_path, capsys, no_training):

@@ -92,6 +92,7 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
         "--thresholds", type=_floats, default=None, help="metric thresholds for 'steps to' (e.g. 25,30,40)"
     )
     run.add_argument("--out", type=Path, required=True, help="output folder (results.jsonl; resumes if it exists)")
+    run.add_argument("--report", action="store_true", help="then write the report (as `initium report OUT`)")
     if task in TASKS and TASKS.entry(task).config is not None:
         _add_config_options(run, TASKS.entry(task).config)
 
@@ -120,7 +121,7 @@ def print_table(table: Any) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .report import summarize
+    from .report import summarize, write_report
     from .runner import RunConfig, run
 
     task_options = {k[5:]: v for k, v in vars(args).items() if k.startswith("task_")}
@@ -156,8 +157,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         bar.stop()
     print_table(summarize(records))
-    console.print(f"results: {cfg.out / 'results.jsonl'}  ·  plots: initium report {cfg.out}")
+    console.print(f"results: {cfg.out / 'results.jsonl'}")
+    if args.report:
+        _print_files(write_report(cfg.out))
+    else:
+        console.print(f"plots: initium report {cfg.out}")
     return 0
+
+
+def _print_files(files: dict[str, Path]) -> None:
+    for name, path in files.items():
+        console.print(f"{name}: {path}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -166,8 +176,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     files = write_report(args.dir)
     print_table(summarize(load_results(args.dir)))
-    for name, path in files.items():
-        console.print(f"{name}: {path}")
+    _print_files(files)
     return 0
 
 
