@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,10 +73,27 @@ def _relu_mlp(in_features: int, out_features: int, hidden: int, layers: int) -> 
     return nn.Sequential(*mods)
 
 
-class FourierMLP(nn.Module):
-    """Random Fourier features followed by a ReLU MLP (Tancik et al. 2020)."""
+class EncodedMLP(nn.Module):
+    """An input encoding followed by a ReLU MLP: the shared body of :class:`FourierMLP` and
+    :class:`PEMLP`."""
 
-    default_lr = 1e-3  # Tancik et al. 2020: Adam 1e-3
+    default_lr = 1e-3  # Tancik et al. 2020: Adam 1e-3, for Fourier features and their PE baseline
+
+    def __init__(
+        self, encoding: nn.Module, in_features: int, out_features: int, hidden: int, layers: int, **options: Any
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.config = dict(in_features=in_features, out_features=out_features, hidden=hidden, layers=layers, **options)
+        self.encoding = encoding
+        self.net = _relu_mlp(encoding.out_features, out_features, hidden, layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.encoding(x))
+
+
+class FourierMLP(EncodedMLP):
+    """Random Fourier features followed by a ReLU MLP (Tancik et al. 2020)."""
 
     def __init__(
         self,
@@ -86,44 +104,21 @@ class FourierMLP(nn.Module):
         features: int = 256,
         sigma: float = 10.0,
     ) -> None:
-        super().__init__()
         _check_sizes(
             in_features=in_features, out_features=out_features, hidden=hidden, layers=layers, features=features
         )
-        self.in_features, self.out_features = in_features, out_features
-        self.config = dict(
-            in_features=in_features,
-            out_features=out_features,
-            hidden=hidden,
-            layers=layers,
-            features=features,
-            sigma=sigma,
-        )
-        self.encoding = FourierFeatures(in_features, features, sigma)
-        self.net = _relu_mlp(self.encoding.out_features, out_features, hidden, layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.encoding(x))
+        encoding = FourierFeatures(in_features, features, sigma)
+        super().__init__(encoding, in_features, out_features, hidden, layers, features=features, sigma=sigma)
 
 
-class PEMLP(nn.Module):
+class PEMLP(EncodedMLP):
     """NeRF's positional encoding followed by a ReLU MLP."""
-
-    default_lr = 1e-3  # Tancik et al. 2020 train their positional-encoding baseline like FourierMLP
 
     def __init__(
         self, in_features: int, out_features: int, hidden: int = 256, layers: int = 4, frequencies: int = 10
     ) -> None:
-        super().__init__()
         _check_sizes(
             in_features=in_features, out_features=out_features, hidden=hidden, layers=layers, frequencies=frequencies
         )
-        self.in_features, self.out_features = in_features, out_features
-        self.config = dict(
-            in_features=in_features, out_features=out_features, hidden=hidden, layers=layers, frequencies=frequencies
-        )
-        self.encoding = PositionalEncoding(in_features, frequencies)
-        self.net = _relu_mlp(self.encoding.out_features, out_features, hidden, layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.encoding(x))
+        encoding = PositionalEncoding(in_features, frequencies)
+        super().__init__(encoding, in_features, out_features, hidden, layers, frequencies=frequencies)
