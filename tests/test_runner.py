@@ -81,6 +81,12 @@ def test_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert "(1 failed)" in summarize(ok).rows[0][1]
 
 
+def test_diverged_init_is_recorded(tmp_path):
+    (rec,) = run(_cfg(tmp_path, arch="fourier(hidden=16)", methods=("noise(steps=20,lr=1e12)",), seeds=(0,)))
+    assert rec["status"].startswith("diverged in init")
+    assert rec["metric_every_step"] == [None] * 31
+
+
 def test_resume_tells_architecture_options_apart(tmp_path):
     run(_cfg(tmp_path, arch="siren(hidden=8)", methods=("default",), seeds=(0,)))
     records = run(_cfg(tmp_path, arch="siren(hidden=16)", methods=("default",), seeds=(0,)))

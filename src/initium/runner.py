@@ -8,7 +8,7 @@ is rewritten atomically after every run.
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -161,8 +161,7 @@ def run(cfg: RunConfig, *, progress: ProgressFn | None = None) -> list[dict[str,
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     records = load_results(out)
-    done = {_identity(r) for r in records if r.get("status") == "ok"}
-    records = [r for r in records if r.get("status") == "ok"] + [r for r in records if r.get("status") != "ok"]
+    done = {_identity(r) for r in records if r.get("status") == "ok"}  # failed runs are tried again
     reference = getattr(task, "reference", None)
     if reference is not None:
         atomic_write_bytes(out / "reference.safetensors", tensors_to_bytes({"image": reference()}))
@@ -231,20 +230,21 @@ def _run_one(
         if step in snap_steps and (img := task.snapshot(pred)) is not None:
             snaps[f"step_{step}"] = img
 
+    status, history, phase = "ok", torch.empty(0), "init"
     with progress_hook(report):
         _sync(device)
-        t0 = time.perf_counter()
-        method(model, task.inputs)
-        _sync(device)
-        t1 = time.perf_counter()
-        status = "ok"
+        t0 = t1 = time.perf_counter()
         try:
+            method(model, task.inputs)
+            _sync(device)
+            t1, phase = time.perf_counter(), "training"
             history = fit(
                 model, task.inputs, task.target, steps=cfg.steps, lr=lr, loss_fn=task.loss,
                 evaluate_at=evals, on_eval=on_eval, compile=cfg.compile,
             )  # fmt: skip
-        except TrainingDiverged as exc:
-            status, history = f"diverged at step {exc.step}", exc.history
+        except TrainingDiverged as exc:  # one failed run must not end the sweep
+            status = f"diverged in {phase} at step {exc.step}"
+            history = exc.history if phase == "training" else history
         _sync(device)
         t2 = time.perf_counter()
 
@@ -264,12 +264,8 @@ def _run_one(
     )
     rec = json.loads(json.dumps(rec))  # exactly what results.jsonl holds (tuples become lists)
     if snaps:
-        name = re.sub(r"[^A-Za-z0-9._=-]+", "_", f"{spec}_seed{seed}")
+        # readable, and unique even where two specs slug alike
+        name = re.sub(r"[^A-Za-z0-9._=-]+", "_", spec) + f"_{hashlib.sha1(spec.encode()).hexdigest()[:6]}_seed{seed}"
         rec["snapshots"] = f"snapshots/{name}.safetensors"
         atomic_write_bytes(out / rec["snapshots"], tensors_to_bytes(snaps))
     return rec
-
-
-def config_dict(cfg: RunConfig) -> dict[str, Any]:
-    """``cfg`` as JSON-ready data."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()}
