@@ -175,8 +175,8 @@ class NoisePretrain(Method):
                 self.source, tuple(out_shape), target_range=cfg.target_range, generator=gen, spatial=spatial
             ).to(inputs.device)
 
-        fixed = None if cfg.resample else draw()
-        fit(model, inputs, (lambda _step: draw()) if cfg.resample else fixed, steps=cfg.steps, lr=lr, phase="noise")
+        target = (lambda _step: draw()) if cfg.resample else draw()
+        fit(model, inputs, target, steps=cfg.steps, lr=lr, phase="noise")
         if key is not None:
             self.store.save(key, model.state_dict(), {"config": record, "model": type(model).__name__})
         return model
