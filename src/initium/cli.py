@@ -75,7 +75,9 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train task x methods x seeds and print the summary table")
     run.add_argument("task", help=f"one of: {', '.join(TASKS.names())}")
     run.add_argument(
-        "--arch", default="siren", help=f"architecture spec ({', '.join(ARCHS.names())}), e.g. 'siren(hidden=128)'"
+        "--arch",
+        default=None,
+        help=f"architecture spec ({', '.join(ARCHS.names())}), e.g. 'siren(hidden=128)' (default: the task's)",
     )
     run.add_argument(
         "--methods", default="default,noise", help=f"comma-separated method specs ({', '.join(METHODS.names())})"
@@ -141,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     def progress(label: str, done: int, n: int) -> None:
         if not state:  # the bar appears once the inputs are checked and training starts
             bar.start()
-            state["overall"] = bar.add_task(f"{cfg.task} · {cfg.arch}: runs", total=total)
+            state["overall"] = bar.add_task(f"{cfg.task} · {cfg.arch or 'default arch'}: runs", total=total)
         if state.get("label") != label:
             if "current" in state:
                 bar.remove_task(state["current"])

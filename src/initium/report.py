@@ -21,7 +21,7 @@ from scipy import stats
 
 from ._io import atomic_write_text
 from .metrics import BANDS
-from .runner import load_results, steps_to
+from .runner import load_results, metric_series, steps_to, value_at
 from .tasks import TASKS
 
 __all__ = ["Table", "mean_ci", "summarize", "write_report"]
@@ -47,12 +47,13 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def _fmt(values: Sequence[float | None], digits: int, total: int) -> str:
+def _fmt(values: Sequence[float | None], digits: int, total: int, spec: str = "f") -> str:
+    """``mean ± half-width`` with ``digits`` decimals (``spec="f"``) or significant digits (``"g"``)."""
     got = [v for v in values if v is not None]
     if not got:
         return "—"
     mean, half = mean_ci(got)
-    text = f"{mean:.{digits}f}" + ("" if math.isnan(half) else f" ± {half:.{digits}f}")
+    text = f"{mean:.{digits}{spec}}" + ("" if math.isnan(half) else f" ± {half:.{max(digits - 1, 1)}{spec}}")
     return text + (f" ({len(got)}/{total})" if len(got) < total else "")
 
 
@@ -89,6 +90,7 @@ def summarize(records: list[dict[str, Any]]) -> Table:
     first = ok[0]
     cls, steps = _task_class(first), min(r["steps"] for r in ok)
     metric, unit = first["metric"], f" {cls.unit}" if cls.unit else ""
+    higher = first.get("higher_is_better", True)
     checkpoints = [c for c in cls.checkpoints if c < steps]
     thresholds = _thresholds(ok)
     columns = ["method", "seeds"] + [f"{metric}@{c}" for c in checkpoints] + [f"{metric}@{steps}"]
@@ -100,10 +102,15 @@ def summarize(records: list[dict[str, Any]]) -> Table:
             rows.append([label, f"0/{len(runs)}"] + ["diverged"] * (len(columns) - 2))
             continue
         n = len(done)
-        curves = [[-math.inf if v is None else v for v in r["metric_every_step"]] for r in done]
+        series = [metric_series(r) for r in done]
+        series = [([k for k in at if k <= steps], vals[: sum(k <= steps for k in at)]) for at, vals in series]
         row = [label, str(n) + ("" if n == len(runs) else f" ({len(runs) - n} failed)")]
-        row += [_fmt([c[k] for c in curves], 1, n) for k in [*checkpoints, steps]]
-        row += [_fmt([steps_to(c[: steps + 1], float(t)) for c in curves], 0, n) for t in thresholds]
+        digits, spec = (3, "g") if cls.log_scale else (1, "f")
+        row += [_fmt([value_at(at, v, k) for at, v in series], digits, n, spec) for k in [*checkpoints, steps]]
+        row += [
+            _fmt([steps_to(v, float(t), steps=at, higher_is_better=higher) for at, v in series], 0, n)
+            for t in thresholds
+        ]
         init, train = (float(np.mean([r["wall"][k] for r in done])) for k in ("init_s", "train_s"))
         row.append(f"{init:.1f}+{train:.1f}")
         rows.append(row)
@@ -135,11 +142,14 @@ def plot_metric(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
     metric = next(iter(groups.values()))[0]["metric"]
-    for label, runs in groups.items():
-        ys = _stack(runs, lambda r: [np.nan if v is None else v for v in r["metric_every_step"]])
-        _band(ax, np.arange(ys.shape[1]), ys, label)
     first = next(iter(groups.values()))[0]
     cls = _task_class(first)
+    for label, runs in groups.items():
+        ys = _stack(runs, lambda r: [np.nan if v is None else v for v in metric_series(r)[1]])
+        at = np.asarray(metric_series(runs[0])[0][: ys.shape[1]])
+        _band(ax, at, ys, label, log=cls.log_scale)
+    if cls.log_scale:
+        ax.set_yscale("log")
     for t in _thresholds([r for runs in groups.values() for r in runs]):
         ax.axhline(float(t), color="0.6", lw=0.8, ls=":")
     title = f"{metric} vs step (mean, 95% band over seeds)"

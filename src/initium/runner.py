@@ -15,6 +15,7 @@ import math
 import platform
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from .nn import ARCHS
 from .tasks import TASKS, Task
 from .train import ProgressFn, TrainingDiverged, fit, progress_hook
 
-__all__ = ["RunConfig", "eval_steps", "load_results", "resolve_device", "run", "steps_to"]
+__all__ = ["RunConfig", "eval_steps", "load_results", "metric_series", "resolve_device", "run", "steps_to", "value_at"]
 
 log = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
@@ -37,11 +38,11 @@ RESULTS = "results.jsonl"
 @dataclass(frozen=True)
 class RunConfig:
     """One sweep. ``arch`` and each of ``methods`` are specs (``"siren(hidden=128)"``,
-    ``"noise(steps=300)"``); ``task_options`` are the task config's fields."""
+    ``"noise(steps=300)"``; ``None``: the task's default); ``task_options`` are the task config's fields."""
 
     task: str
     out: Path
-    arch: str = "siren"
+    arch: str | None = None
     methods: tuple[str, ...] = ("default", "noise")
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 2000
@@ -78,9 +79,39 @@ def eval_steps(steps: int, every: int | None, checkpoints: tuple[int, ...]) -> l
     return sorted(set(range(0, steps + 1, every)) | {c for c in checkpoints if c <= steps} | {steps})
 
 
-def steps_to(curve: list[float], threshold: float) -> int | None:
-    """First step whose metric reaches ``threshold`` (higher is better), or ``None``."""
-    return next((k for k, v in enumerate(curve) if v >= threshold), None)
+def steps_to(
+    curve: Sequence[float | None],
+    threshold: float,
+    *,
+    steps: Sequence[int] | None = None,
+    higher_is_better: bool = True,
+) -> int | None:
+    """First step whose metric reaches ``threshold`` (``>=``, or ``<=`` for an error), or ``None``.
+
+    ``curve[i]`` is the metric at step ``steps[i]`` (default: at step ``i``); ``None`` never counts.
+    """
+    at = range(len(curve)) if steps is None else steps
+    for k, v in zip(at, curve, strict=True):
+        if v is not None and (v >= threshold if higher_is_better else v <= threshold):
+            return k
+    return None
+
+
+def metric_series(rec: dict[str, Any]) -> tuple[list[int], list[float | None]]:
+    """``(steps, values)`` of a record's headline metric: every step where the loss determines it,
+    else the evaluation steps."""
+    if rec.get("metric_every_step") is not None:
+        return list(range(len(rec["metric_every_step"]))), rec["metric_every_step"]
+    curve = rec.get("curve", {})
+    return list(curve.get("step", [])), list(curve.get(rec["metric"], []))
+
+
+def value_at(steps: Sequence[int], values: Sequence[float | None], step: int) -> float | None:
+    """The metric at ``step`` (``None`` where it was not evaluated or not finite)."""
+    try:
+        return values[list(steps).index(step)]
+    except ValueError:
+        return None
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
@@ -136,20 +167,16 @@ def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device]:
     if cfg.eval_every is not None and (not isinstance(cfg.eval_every, int) or cfg.eval_every < 1):
         raise ValueError(f"--eval-every must be an int >= 1, got {cfg.eval_every!r}")
     task = TASKS.build(cfg.task, cfg.task_options)
-    arch_parts = ARCHS.parse(cfg.arch)
+    arch_spec = cfg.arch or task.default_arch
+    arch_parts = ARCHS.parse(arch_spec)
     if len(arch_parts) != 1:
-        raise ValueError(f"--arch takes one architecture, got {cfg.arch!r}")
+        raise ValueError(f"--arch takes one architecture, got {arch_spec!r}")
     arch, arch_kwargs = arch_parts[0]
     methods = [create(spec) for spec in cfg.methods]  # unknown names and options fail here
     device = resolve_device(cfg.device)
     task.setup(device)
     probe = task.build_model(arch, arch_kwargs).to(device)
-    with torch.no_grad():
-        shape = tuple(probe(task.inputs).shape)
-    if shape != tuple(task.target.shape):
-        raise ValueError(
-            f"--arch {cfg.arch!r} outputs shape {shape}, but the task's target is {tuple(task.target.shape)}"
-        )
+    task.check_model(probe, arch_spec)
     for method in methods:
         method.validate(probe, task.inputs)
     return task, arch, arch_kwargs, device
@@ -201,7 +228,7 @@ def _run_one(
         "task": task.name,
         "task_config": task.describe(),
         "arch": arch,
-        "arch_spec": cfg.arch,
+        "arch_spec": cfg.arch or task.default_arch,
         "arch_config": getattr(model, "config", arch_kwargs),
         "method": spec,
         "method_config": method.describe(),
@@ -225,12 +252,14 @@ def _run_one(
 
     def on_eval(step: int, pred: torch.Tensor) -> None:
         curve["step"].append(step)
-        for name, value in task.evaluate(pred).items():
-            curve.setdefault(name, []).append(value)
+        with torch.no_grad():
+            values = task.evaluate(pred) | task.evaluate_model(model)
+        for name, value in values.items():
+            curve.setdefault(name, []).append(value if math.isfinite(value) else None)
         if step in snap_steps and (img := task.snapshot(pred)) is not None:
             snaps[f"step_{step}"] = img
 
-    status, history, phase = "ok", torch.empty(0), "init"
+    status, history, phase, analysis = "ok", torch.empty(0), "init", {}
     with progress_hook(report):
         _sync(device)
         t0 = t1 = time.perf_counter()
@@ -239,27 +268,34 @@ def _run_one(
             _sync(device)
             t1, phase = time.perf_counter(), "training"
             history = fit(
-                model, task.inputs, task.target, steps=cfg.steps, lr=lr, loss_fn=task.loss,
-                evaluate_at=evals, on_eval=on_eval, compile=cfg.compile,
+                model, task.inputs, task.target, steps=cfg.steps, lr=lr, forward_loss=task.forward_loss,
+                lr_decay=task.lr_decay, evaluate_at=evals, on_eval=on_eval, compile=cfg.compile,
             )  # fmt: skip
+            analysis = task.analyse(model)
         except TrainingDiverged as exc:  # one failed run must not end the sweep
             status = f"diverged in {phase} at step {exc.step}"
             history = exc.history if phase == "training" else history
         _sync(device)
         t2 = time.perf_counter()
 
-    every = [round(float(v), 4) if math.isfinite(v) else None for v in task.step_metric(history).tolist()]
-    every += [None] * (cfg.steps + 1 - len(every))  # a diverged run stops early
-    finite = [v if v is not None else -math.inf for v in every]
+    per_step = task.step_metric(history)
+    every = None
+    if per_step is not None:
+        every = [round(float(v), 4) if math.isfinite(v) else None for v in per_step.tolist()]
+        every += [None] * (cfg.steps + 1 - len(every))  # a diverged run stops early
+    rec.update(status=status, metric=task.metric, higher_is_better=task.higher_is_better, curve=curve)
+    rec["metric_every_step"] = every
+    at, values = metric_series(rec)
+    better = task.higher_is_better
     rec.update(
-        status=status,
-        metric=task.metric,
-        curve=curve,
-        metric_every_step=every,
-        at_step={str(c): every[c] for c in task.checkpoints if c <= cfg.steps} | {"final": every[-1]},
-        steps_to={f"{t:g}": steps_to(finite, t) for t in (cfg.thresholds or task.thresholds)},
+        at_step={str(c): value_at(at, values, c) for c in task.checkpoints if c <= cfg.steps}
+        | {"final": value_at(at, values, cfg.steps)},
+        steps_to={
+            f"{t:g}": steps_to(values, t, steps=at, higher_is_better=better) for t in cfg.thresholds or task.thresholds
+        },
         wall={"init_s": t1 - t0, "train_s": t2 - t1},
         method_info=method.info,
+        analysis=analysis,
         env=_environment(device),
     )
     rec = json.loads(json.dumps(rec))  # exactly what results.jsonl holds (tuples become lists)

@@ -15,10 +15,13 @@ from collections.abc import Callable, Collection, Iterator
 import torch
 from torch import nn
 
-__all__ = ["ProgressFn", "TrainingDiverged", "fit", "mse", "progress_hook"]
+__all__ = ["ForwardLoss", "ProgressFn", "TrainingDiverged", "fit", "mse", "progress_hook"]
 
 ProgressFn = Callable[[str, int, int], None]
 """``progress(phase, done, total)``: called after every step; set by the CLI, never printed here."""
+
+ForwardLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``forward_loss(model, inputs, target) -> (loss, prediction)``: one step's forward pass."""
 
 _PROGRESS: contextvars.ContextVar[ProgressFn | None] = contextvars.ContextVar("initium_progress", default=None)
 
@@ -54,6 +57,8 @@ def fit(
     steps: int,
     lr: float,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = mse,
+    forward_loss: ForwardLoss | None = None,
+    lr_decay: tuple[float, int] | None = None,
     evaluate_at: Collection[int] = (),
     on_eval: Callable[[int, torch.Tensor], None] | None = None,
     compile: bool = False,
@@ -63,7 +68,9 @@ def fit(
     """Train ``model`` for ``steps`` full-batch Adam steps; return the loss history on the CPU.
 
     ``history[k]`` is the loss of the model after ``k`` updates, ``k = 0 .. steps``. ``target`` is a
-    tensor, or a function of the step that returns one (fresh noise every step). ``compile``
+    tensor, or a function of the step that returns one (fresh noise every step). The step's
+    forward pass is ``loss_fn(model(inputs), target)`` unless ``forward_loss`` replaces it.
+    ``lr_decay=(gamma, every)`` multiplies the learning rate by ``gamma`` every ``every`` steps. ``compile``
     wraps the forward-and-loss in ``torch.compile``. The NaN guard reads the loss back at the
     evaluation steps, every ``check_every`` steps and at the end; nowhere else.
     """
@@ -73,15 +80,20 @@ def fit(
         raise ValueError(f"lr must be > 0, got {lr!r}")
     if check_every < 1:
         raise ValueError(f"check_every must be >= 1, got {check_every!r}")
+    if lr_decay is not None and not (0 < lr_decay[0] <= 1 and isinstance(lr_decay[1], int) and lr_decay[1] >= 1):
+        raise ValueError(f"lr_decay must be (gamma in (0, 1], every >= 1), got {lr_decay!r}")
     target_at = target if callable(target) else (lambda _step: target)
 
-    def forward_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if forward_loss is not None:
+            return forward_loss(model, x, y)
         pred = model(x)
         return loss_fn(pred, y), pred
 
-    step_fn = torch.compile(forward_loss) if compile else forward_loss
+    step_fn = torch.compile(step_loss) if compile else step_loss
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, lr_decay[1], lr_decay[0]) if lr_decay else None
     history = torch.empty(steps + 1, device=inputs.device)
     evals = set(evaluate_at)
     progress = _PROGRESS.get()
@@ -90,7 +102,7 @@ def fit(
         y = target_at(step)
         if step == steps:  # the final model: one more forward, no update
             with torch.no_grad():
-                loss, pred = forward_loss(inputs, y)
+                loss, pred = step_loss(inputs, y)
         else:
             loss, pred = step_fn(inputs, y)
         history[step] = loss.detach()
@@ -104,6 +116,8 @@ def fit(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         if progress is not None:
             progress(phase, step + 1, steps)
     return history.cpu()

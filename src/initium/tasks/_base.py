@@ -31,8 +31,12 @@ class Task:
     """
 
     name: ClassVar[str] = ""
-    metric: ClassVar[str] = "psnr"  # the headline metric, computed every step from the loss
+    metric: ClassVar[str] = "psnr"  # the headline metric (a key of evaluate()'s result)
     unit: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True  # False for errors: "steps to" means "down to"
+    log_scale: ClassVar[bool] = False  # plot the metric on a log axis (errors spanning decades)
+    default_arch: ClassVar[str] = "siren"
+    lr_decay: ClassVar[tuple[float, int] | None] = None  # (gamma, every): lr *= gamma every N steps
     metric_cap: ClassVar[float | None] = None  # the report's plots cap their axis here
     thresholds: ClassVar[tuple[float, ...]] = ()  # "steps to reach" columns of the summary
     checkpoints: ClassVar[tuple[int, ...]] = ()  # "metric at step" columns of the summary
@@ -55,13 +59,41 @@ class Task:
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.mean((pred - target) ** 2)
 
-    def step_metric(self, loss_history: torch.Tensor) -> torch.Tensor:
-        """The headline metric after every step, from the loss history."""
-        return loss_history
+    def forward_loss(
+        self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, prediction)`` of one training step. Override where the loss needs more than the
+        prediction (a PDE residual needs derivatives of the model with respect to its inputs)."""
+        pred = model(inputs)
+        return self.loss(pred, target), pred
+
+    def check_model(self, model: nn.Module, arch: str) -> None:
+        """Raise before training if ``model`` cannot serve this task (by default: its output at
+        the inputs must have the target's shape)."""
+        with torch.no_grad():
+            shape = tuple(model(self.inputs).shape)
+        if shape != tuple(self.target.shape):
+            raise ValueError(
+                f"--arch {arch!r} outputs shape {shape}, but the task's target is {tuple(self.target.shape)}"
+            )
+
+    def step_metric(self, loss_history: torch.Tensor) -> torch.Tensor | None:
+        """The headline metric after every step, derived from the loss history, or ``None`` when the
+        loss does not determine it (then the metric is known at the evaluation steps only)."""
+        return None
 
     def evaluate(self, pred: torch.Tensor) -> dict[str, float]:
-        """Metrics of a prediction at an evaluation step."""
-        raise NotImplementedError
+        """Metrics of the prediction at the training inputs, at an evaluation step."""
+        return {}
+
+    def evaluate_model(self, model: nn.Module) -> dict[str, float]:
+        """Metrics that need the model itself (held-out points, another grid), at an evaluation
+        step. Called with the model as it is at that step, in train mode and under no_grad."""
+        return {}
+
+    def analyse(self, model: nn.Module) -> dict[str, Any]:
+        """JSON-ready analysis of the trained model (e.g. NTK eigenvalues), stored in the record."""
+        return {}
 
     def snapshot(self, pred: torch.Tensor) -> torch.Tensor | None:
         """A uint8 (H, W, C) picture of a prediction for the report, or ``None``."""

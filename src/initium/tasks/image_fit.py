@@ -73,7 +73,7 @@ class ImageFit(Task):
     def build_model(self, arch: str, arch_kwargs: dict[str, Any]) -> nn.Module:
         return ARCHS.build(arch, arch_kwargs, fixed={"in_features": 2, "out_features": self.target.shape[1]})
 
-    def step_metric(self, loss_history: torch.Tensor) -> torch.Tensor:
+    def step_metric(self, loss_history: torch.Tensor) -> torch.Tensor | None:
         return psnr_from_mse(loss_history)  # the loss is the MSE over every pixel: PSNR exactly
 
     def _as_image(self, pred: torch.Tensor) -> torch.Tensor:
