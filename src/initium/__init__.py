@@ -9,6 +9,8 @@ Public API (DESIGN.md section 4)::
     coords = initium.tasks.grid(256, 256)
     initium.noise_pretrain(model, coords, steps=500, noise="gaussian", seed=0)
     initium.create("noise(steps=300,noise=spectral)")(model, coords)
+    initium.rwf(model, mean=1.0, std=0.1, seed=0)
+    initium.remove_rwf(model)
     initium.list_methods()
 """
 
@@ -20,5 +22,7 @@ from .cache import InitCache as InitCache
 from .methods import create as create
 from .methods import list_methods as list_methods
 from .methods.noise import noise_pretrain as noise_pretrain
+from .methods.rwf import remove_rwf as remove_rwf
+from .methods.rwf import rwf as rwf
 
-__all__ = ["InitCache", "__version__", "create", "list_methods", "nn", "noise_pretrain", "tasks"]
+__all__ = ["InitCache", "__version__", "create", "list_methods", "nn", "noise_pretrain", "remove_rwf", "rwf", "tasks"]

@@ -1,4 +1,5 @@
-"""Image-fitting metrics: PSNR, SSIM and the relative error in radial frequency bands."""
+"""Metrics: PSNR, SSIM, relative error in radial frequency bands, relative L2 error, IoU, and the
+eigenvalues of the empirical neural tangent kernel."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import math
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
 
-__all__ = ["BANDS", "band_errors", "psnr", "psnr_from_mse", "ssim"]
+__all__ = ["BANDS", "band_errors", "iou", "ntk_eigenvalues", "psnr", "psnr_from_mse", "relative_l2", "ssim"]
 
 # Radial frequency bands in cycles per pixel (Nyquist is 0.5): the thirds of [0, 0.5], the last
 # band also taking the corners beyond 0.5 along the diagonal.
@@ -51,3 +54,37 @@ def band_errors(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         mask = (radius >= lo) & (radius < hi)
         out[name] = float(torch.sqrt(err[mask].sum() / ref[mask].sum().clamp_min(1e-20)))
     return out
+
+
+def relative_l2(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """``||pred - target||_2 / ||target||_2`` over all entries."""
+    pred, target = pred.detach(), target.detach()
+    return float(torch.linalg.vector_norm(pred - target) / torch.linalg.vector_norm(target).clamp_min(1e-30))
+
+
+def iou(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Intersection over union of two boolean occupancy tensors (1 where both are empty)."""
+    inter = (pred & target).sum()
+    union = (pred | target).sum()
+    return 1.0 if int(union) == 0 else float(inter / union)
+
+
+def ntk_eigenvalues(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues, in descending order, of the empirical NTK ``K = J J^T`` of a scalar-output
+    model at ``inputs`` (``J[i, p] = d f(x_i) / d theta_p`` over every trainable parameter).
+
+    The Jacobian is taken in the parameters the optimiser sees, so a reparametrised model (RWF's
+    ``s`` and ``V``) has the kernel of its own gradient flow (Jacot et al. 2018; Wang et al. 2022,
+    figure 2). Cost: one Jacobian of ``len(inputs) x n_params`` entries.
+    """
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+
+    def f(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, p, (x[None],))
+        if out.numel() != 1:
+            raise ValueError(f"ntk_eigenvalues needs a scalar-output model, got outputs of shape {tuple(out.shape)}")
+        return out.reshape(())
+
+    jac = vmap(jacrev(f), in_dims=(None, 0))(params, inputs)
+    j = torch.cat([v.reshape(len(inputs), -1) for v in jac.values()], dim=1).double()
+    return torch.linalg.eigvalsh(j @ j.T).flip(0).clamp_min(0).float()

@@ -47,13 +47,13 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def _fmt(values: Sequence[float | None], digits: int, total: int, spec: str = "f") -> str:
-    """``mean ± half-width`` with ``digits`` decimals (``spec="f"``) or significant digits (``"g"``)."""
+def _fmt(values: Sequence[float | None], spec: str, total: int) -> str:
+    """``mean ± half-width`` over the values that exist, each formatted with ``spec`` (``".1f"``)."""
     got = [v for v in values if v is not None]
     if not got:
         return "—"
     mean, half = mean_ci(got)
-    text = f"{mean:.{digits}{spec}}" + ("" if math.isnan(half) else f" ± {half:.{max(digits - 1, 1)}{spec}}")
+    text = f"{mean:{spec}}" + ("" if math.isnan(half) else f" ± {half:{spec}}")
     return text + (f" ({len(got)}/{total})" if len(got) < total else "")
 
 
@@ -76,8 +76,9 @@ def _task_class(rec: dict[str, Any]) -> Any:
 
 
 def _thresholds(records: list[dict[str, Any]]) -> list[str]:
-    """Every threshold any record was run with, in increasing order."""
-    return sorted({t for r in records for t in r.get("steps_to", {})}, key=float)
+    """Every threshold any record was run with, the easiest first."""
+    higher = records[0].get("higher_is_better", True) if records else True
+    return sorted({t for r in records for t in r.get("steps_to", {})}, key=float, reverse=not higher)
 
 
 def summarize(records: list[dict[str, Any]]) -> Table:
@@ -105,10 +106,10 @@ def summarize(records: list[dict[str, Any]]) -> Table:
         series = [metric_series(r) for r in done]
         series = [([k for k in at if k <= steps], vals[: sum(k <= steps for k in at)]) for at, vals in series]
         row = [label, str(n) + ("" if n == len(runs) else f" ({len(runs) - n} failed)")]
-        digits, spec = (3, "g") if cls.log_scale else (1, "f")
-        row += [_fmt([value_at(at, v, k) for at, v in series], digits, n, spec) for k in [*checkpoints, steps]]
+        spec = cls.metric_format
+        row += [_fmt([value_at(at, v, k) for at, v in series], spec, n) for k in [*checkpoints, steps]]
         row += [
-            _fmt([steps_to(v, float(t), steps=at, higher_is_better=higher) for at, v in series], 0, n)
+            _fmt([steps_to(v, float(t), steps=at, higher_is_better=higher) for at, v in series], ".0f", n)
             for t in thresholds
         ]
         init, train = (float(np.mean([r["wall"][k] for r in done])) for k in ("init_s", "train_s"))
@@ -187,6 +188,26 @@ def plot_bands(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path | No
     return path
 
 
+def plot_ntk(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
+    """Eigenvalues of the empirical NTK at the end of training, descending, per method (geometric
+    mean and 95% band over seeds): a flatter spectrum is a better-conditioned kernel."""
+    import matplotlib.pyplot as plt
+
+    with_ntk = {k: v for k, v in groups.items() if all("ntk_eigenvalues" in r.get("analysis", {}) for r in v)}
+    if not with_ntk:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    for label, runs in with_ntk.items():
+        ys = _stack(runs, lambda r: r["analysis"]["ntk_eigenvalues"])
+        _band(ax, np.arange(1, ys.shape[1] + 1), ys, label, log=True)
+    ax.set(xscale="log", yscale="log", xlabel="index", ylabel="eigenvalue", title="empirical NTK after training")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_reconstructions(groups: dict[str, list[dict[str, Any]]], out: Path, path: Path) -> Path | None:
     """Predictions of each method's first seed at the snapshot steps, beside the target."""
     import matplotlib.pyplot as plt
@@ -237,6 +258,7 @@ def write_report(out: str | Path) -> dict[str, Path]:
         files["metric"] = plot_metric(groups, out / "plots" / f"{records[0]['metric']}.png")
         for name, made in (
             ("bands", plot_bands(groups, out / "plots" / "bands.png")),
+            ("ntk", plot_ntk(groups, out / "plots" / "ntk.png")),
             ("reconstructions", plot_reconstructions(groups, out, out / "plots" / "reconstructions.png")),
         ):
             if made is not None:

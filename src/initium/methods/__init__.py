@@ -2,10 +2,12 @@
 
 from . import classic as classic
 from . import noise as noise
+from . import reparam as reparam
+from . import rwf as rwf
 from ._base import METHODS as METHODS
 from ._base import Compose as Compose
 from ._base import Method as Method
 from ._base import create as create
 from ._base import list_methods as list_methods
 
-__all__ = ["METHODS", "Compose", "Method", "classic", "create", "list_methods", "noise"]
+__all__ = ["METHODS", "Compose", "Method", "classic", "create", "list_methods", "noise", "reparam", "rwf"]

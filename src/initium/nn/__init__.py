@@ -13,6 +13,8 @@ from .fourier import PEMLP as PEMLP
 from .fourier import FourierFeatures as FourierFeatures
 from .fourier import FourierMLP as FourierMLP
 from .fourier import PositionalEncoding as PositionalEncoding
+from .mlp import MLP as MLP
+from .mlp import DeepONet as DeepONet
 from .siren import Sine as Sine
 from .siren import Siren as Siren
 from .siren import siren_uniform_ as siren_uniform_
@@ -21,5 +23,10 @@ ARCHS: Registry[nn.Module] = Registry("architecture")
 ARCHS.register("siren")(Siren)
 ARCHS.register("fourier")(FourierMLP)
 ARCHS.register("pe")(PEMLP)
+ARCHS.register("mlp")(MLP)
+ARCHS.register("deeponet")(DeepONet)
 
-__all__ = ["ARCHS", "PEMLP", "FourierFeatures", "FourierMLP", "PositionalEncoding", "Sine", "Siren", "siren_uniform_"]
+__all__ = [
+    "ARCHS", "MLP", "PEMLP", "DeepONet", "FourierFeatures", "FourierMLP", "PositionalEncoding", "Sine", "Siren",
+    "siren_uniform_",
+]  # fmt: skip

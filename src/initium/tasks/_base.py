@@ -35,6 +35,7 @@ class Task:
     unit: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True  # False for errors: "steps to" means "down to"
     log_scale: ClassVar[bool] = False  # plot the metric on a log axis (errors spanning decades)
+    metric_format: ClassVar[str] = ".1f"  # how the summary table prints it
     default_arch: ClassVar[str] = "siren"
     lr_decay: ClassVar[tuple[float, int] | None] = None  # (gamma, every): lr *= gamma every N steps
     metric_cap: ClassVar[float | None] = None  # the report's plots cap their axis here
@@ -72,10 +73,12 @@ class Task:
         the inputs must have the target's shape)."""
         with torch.no_grad():
             shape = tuple(model(self.inputs).shape)
-        if shape != tuple(self.target.shape):
-            raise ValueError(
-                f"--arch {arch!r} outputs shape {shape}, but the task's target is {tuple(self.target.shape)}"
-            )
+        if shape != self.output_shape():
+            raise ValueError(f"--arch {arch!r} outputs shape {shape}, but the task needs {self.output_shape()}")
+
+    def output_shape(self) -> tuple[int, ...]:
+        """The shape of the model's output at the inputs (by default the target's)."""
+        return tuple(self.target.shape)
 
     def step_metric(self, loss_history: torch.Tensor) -> torch.Tensor | None:
         """The headline metric after every step, derived from the loss history, or ``None`` when the

@@ -1,0 +1,171 @@
+"""Random weight factorization (Wang, Wang, Seidman & Perdikaris 2022, arXiv 2210.01274).
+
+Every weight row is written as a scale times a direction, ``W = diag(exp(s)) V``, with
+``s ~ N(mean, std)`` drawn once and ``V = W / exp(s)`` so that the network computes the same
+function at step 0. Training then moves ``s`` and ``V``: a gradient step on ``V`` moves ``W`` by
+``exp(s)`` times as much, and ``s`` itself adapts, so each neuron gets its own self-adaptive
+learning rate (the paper's section 3). ``exp`` keeps the scale positive; ``mean=1, std=0.1`` is the
+authors' default (jaxpi's ``weight_fact``), which makes every row's step size about ``e`` times
+the plain layer's.
+
+Built on :func:`torch.nn.utils.parametrize.register_parametrization` with a ``right_inverse``, as
+PyTorch's own ``weight_norm`` is: it works on any ``nn.Linear`` / ``nn.ConvNd`` of any model, the
+parameters are ``<layer>.parametrizations.weight.original0`` (``s``) and ``...original1`` (``V``),
+and ``state_dict`` round-trips. :func:`remove_rwf` bakes ``W`` back into a plain parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ._base import METHODS, Method
+
+__all__ = ["RWF", "RWFConfig", "RowScale", "factorizable_layers", "remove_rwf", "rwf"]
+
+_FACTORIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class RowScale(nn.Module):
+    """The parametrization ``(s, V) -> diag(exp(s)) V``, one scale per output row (neuron/channel).
+
+    ``right_inverse(W)`` draws ``s ~ N(mean, std)`` from its own seeded generator and returns
+    ``(s, W / exp(s))``; PyTorch calls it when the parametrization is registered.
+    """
+
+    def __init__(self, mean: float, std: float, seed: int) -> None:
+        super().__init__()
+        self.mean, self.std, self.seed = float(mean), float(std), int(seed)
+
+    def forward(self, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.exp(s).view(-1, *([1] * (v.ndim - 1))) * v
+
+    @torch.no_grad()
+    def right_inverse(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator(device=weight.device).manual_seed(self.seed)
+        s = torch.randn(weight.shape[0], generator=gen, device=weight.device, dtype=weight.dtype)
+        s = s * self.std + self.mean
+        # V in double precision so that exp(s) * V rounds back to W (within one float32 ulp)
+        scale = torch.exp(s.double()).view(-1, *([1] * (weight.ndim - 1)))
+        return s, (weight.double() / scale).to(weight.dtype)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean}, std={self.std}, seed={self.seed}"
+
+
+def _has_rwf(module: nn.Module) -> bool:
+    return parametrize.is_parametrized(module, "weight") and any(
+        isinstance(p, RowScale) for p in module.parametrizations["weight"]
+    )
+
+
+def factorizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every ``nn.Linear`` / ``nn.Conv1d/2d/3d`` of ``model`` (nested ones too), in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, _FACTORIZABLE)]
+
+
+def _select(model: nn.Module, layers: Sequence[str] | None, output_layer: bool) -> list[tuple[str, nn.Module]]:
+    found = factorizable_layers(model)
+    if not found:
+        kinds = sorted({type(m).__name__ for m in model.modules() if m is not model and not list(m.children())})
+        raise ValueError(
+            f"rwf: {type(model).__name__} has no nn.Linear or nn.Conv1d/2d/3d layer to factorise;"
+            f" its layers are: {', '.join(kinds) or 'none'}"
+        )
+    if layers is not None:
+        names = dict(found)
+        unknown = [n for n in layers if n not in names]
+        if unknown:
+            raise ValueError(f"rwf: layers={unknown} are not Linear/Conv layers of the model; use {list(names)}")
+        return [(n, names[n]) for n in layers]
+    return found if output_layer else found[:-1]
+
+
+def rwf(
+    model: nn.Module,
+    *,
+    mean: float = 1.0,
+    std: float = 0.1,
+    seed: int = 0,
+    layers: Sequence[str] | None = None,
+    output_layer: bool = True,
+) -> nn.Module:
+    """Factorise the weights of ``model`` in place: ``W = diag(exp(s)) V``, ``s ~ N(mean, std)``.
+
+    Args:
+        model: any module; every ``nn.Linear`` / ``nn.ConvNd`` is factorised (``nn.ConvTranspose``
+            is not: its rows are input channels).
+        mean, std: of the log-scales ``s`` (the paper's ``mu``, ``sigma``; ``std=0`` gives every row
+            the scale ``exp(mean)``).
+        seed: layer ``i`` (in module order) draws its ``s`` with seed ``seed + i``.
+        layers: qualified names (``"net.0"``) to factorise instead of all.
+        output_layer: factorise the last layer too (default, as the authors' jaxpi code does).
+
+    Returns the model, which computes the same function as before (to float rounding).
+
+    Example::
+
+        model = initium.rwf(Siren(2, 3), mean=1.0, std=0.1, seed=0)
+        ...  # train as usual: the optimiser sees s and V
+        initium.remove_rwf(model)  # plain weights again
+    """
+    if not (math.isfinite(std) and std >= 0):
+        raise ValueError(f"rwf: std must be a finite number >= 0, got {std!r}")
+    if not math.isfinite(mean):
+        raise ValueError(f"rwf: mean must be finite, got {mean!r}")
+    chosen = _select(model, layers, output_layer)
+    done = [name for name, m in chosen if _has_rwf(m)]
+    if done:
+        raise ValueError(f"rwf: layers {done} are already factorised; call initium.remove_rwf(model) first")
+    order = {id(m): i for i, (_, m) in enumerate(factorizable_layers(model))}
+    for _, module in chosen:
+        parametrize.register_parametrization(module, "weight", RowScale(mean, std, seed + order[id(module)]))
+    return model
+
+
+def remove_rwf(model: nn.Module) -> nn.Module:
+    """Bake every factorised weight back into a plain parameter ``W = diag(exp(s)) V`` (same
+    outputs), in place; other parametrizations of the model are left alone."""
+    factorised = [m for _, m in factorizable_layers(model) if _has_rwf(m)]
+    if not factorised:
+        raise ValueError("remove_rwf: the model has no factorised weight; initium.rwf(model) adds them")
+    for module in factorised:
+        if len(module.parametrizations["weight"]) > 1:
+            raise ValueError(
+                "remove_rwf: a layer's weight has RWF and another parametrization stacked;"
+                " remove them with torch.nn.utils.parametrize.remove_parametrizations"
+            )
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    return model
+
+
+@dataclass(frozen=True)
+class RWFConfig:
+    mean: float = 1.0
+    std: float = 0.1
+    seed: int = 0
+    output_layer: bool = True
+
+
+@METHODS.register("rwf", RWFConfig)
+class RWF(Method):
+    """Random weight factorization as an init method: ``create("rwf")``, ``create("rwf+noise")``."""
+
+    name = "rwf"
+
+    def __init__(self, config: RWFConfig = RWFConfig()) -> None:
+        self.config = config
+
+    def validate(self, model: nn.Module, inputs: torch.Tensor | None = None) -> None:
+        if not (math.isfinite(self.config.std) and self.config.std >= 0):
+            raise ValueError(f"rwf: std must be a finite number >= 0, got {self.config.std!r}")
+        _select(model, None, self.config.output_layer)
+
+    def __call__(self, model: nn.Module, inputs: torch.Tensor | None = None) -> nn.Module:
+        c = self.config
+        return rwf(model, mean=c.mean, std=c.std, seed=c.seed, output_layer=c.output_layer)
