@@ -86,3 +86,13 @@ def test_run_report_and_cache_commands(tmp_path, capsys):
 def test_report_of_an_empty_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no results" in capsys.readouterr().err
+
+
+def test_tuple_task_options_and_the_task_default_arch(tmp_path):
+    out = tmp_path / "r"
+    argv = ["run", "regress-1d", "--frequencies", "1,2.5", "--points", "32", "--ntk-points", "4", "--steps", "3",
+            "--seeds", "1", "--methods", "default", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    (rec,) = initium.runner.load_results(out)
+    assert rec["task_config"]["frequencies"] == [1, 2.5]
+    assert rec["arch"] == "mlp" and rec["arch_spec"] == "mlp(hidden=128,layers=3)"

@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Registry", "SpecError", "UnknownNameError", "build_config", "parse_spec"]
+__all__ = ["Registry", "SpecError", "UnknownNameError", "build_config", "parse_literal", "parse_spec"]
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -62,7 +62,8 @@ def split_top(text: str, sep: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def _literal(text: str) -> Any:
+def parse_literal(text: str) -> Any:
+    """A Python literal (`300`, `1e-4`, `(0, 1)`, `True`), else the text itself (a bare word)."""
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -92,7 +93,7 @@ def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
                     raise SpecError(f"expected key=value in {part!r}, got {item!r}")
                 if key in kwargs:
                     raise SpecError(f"option {key!r} is given twice in {part!r}")
-                kwargs[key] = _literal(value.strip())
+                kwargs[key] = parse_literal(value.strip())
         out.append((name, kwargs))
     return out
 

@@ -16,7 +16,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table as RichTable
 
-from ._registry import UnknownNameError, closest, split_top
+from ._registry import UnknownNameError, closest, parse_literal, split_top
 from .cache import CacheError, InitCache
 from .methods import METHODS
 from .nn import ARCHS
@@ -50,6 +50,11 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 25,30,40, got {text!r}") from None
 
 
+def _tuple_option(text: str) -> tuple[Any, ...]:
+    """``1,4,16`` -> ``(1, 4, 16)`` (each item a Python literal or a bare word)."""
+    return tuple(parse_literal(t.strip()) for t in text.split(",") if t.strip())
+
+
 def _add_config_options(parser: argparse.ArgumentParser, config: type) -> None:
     """One ``--option`` per field of a task's config dataclass."""
     group = parser.add_argument_group(f"{config.__name__} options")
@@ -63,6 +68,8 @@ def _add_config_options(parser: argparse.ArgumentParser, config: type) -> None:
             group.add_argument(flag, choices=typing.get_args(hint), **kw)
         elif hint in (int, float, str):
             group.add_argument(flag, type=hint, **kw)
+        elif typing.get_origin(hint) is tuple:  # --frequencies 1,4,16
+            group.add_argument(flag, type=_tuple_option, **kw)
         else:
             group.add_argument(flag, **kw)
 
