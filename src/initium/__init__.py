@@ -14,6 +14,7 @@ Public API (DESIGN.md section 4)::
 
 __version__ = "0.1.0"
 
+from . import fa as fa
 from . import nn as nn
 from . import tasks as tasks
 from .cache import InitCache as InitCache
@@ -21,4 +22,4 @@ from .methods import create as create
 from .methods import list_methods as list_methods
 from .methods.noise import noise_pretrain as noise_pretrain
 
-__all__ = ["InitCache", "__version__", "create", "list_methods", "nn", "noise_pretrain", "tasks"]
+__all__ = ["InitCache", "__version__", "create", "fa", "list_methods", "nn", "noise_pretrain", "tasks"]

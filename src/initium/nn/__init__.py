@@ -9,6 +9,11 @@ from __future__ import annotations
 from torch import nn
 
 from .._registry import Registry
+from .classifier import ClassifierCNN as ClassifierCNN
+from .classifier import ClassifierMLP as ClassifierMLP
+from .feedback import FAConv1d as FAConv1d
+from .feedback import FAConv2d as FAConv2d
+from .feedback import FALinear as FALinear
 from .fourier import PEMLP as PEMLP
 from .fourier import FourierFeatures as FourierFeatures
 from .fourier import FourierMLP as FourierMLP
@@ -21,5 +26,21 @@ ARCHS: Registry[nn.Module] = Registry("architecture")
 ARCHS.register("siren")(Siren)
 ARCHS.register("fourier")(FourierMLP)
 ARCHS.register("pe")(PEMLP)
+ARCHS.register("classifier-mlp")(ClassifierMLP)
+ARCHS.register("classifier-cnn")(ClassifierCNN)
 
-__all__ = ["ARCHS", "PEMLP", "FourierFeatures", "FourierMLP", "PositionalEncoding", "Sine", "Siren", "siren_uniform_"]
+__all__ = [
+    "ARCHS",
+    "PEMLP",
+    "ClassifierCNN",
+    "ClassifierMLP",
+    "FAConv1d",
+    "FAConv2d",
+    "FALinear",
+    "FourierFeatures",
+    "FourierMLP",
+    "PositionalEncoding",
+    "Sine",
+    "Siren",
+    "siren_uniform_",
+]
