@@ -59,14 +59,17 @@ def _fmt(values: Sequence[float | None], digits: int, total: int, spec: str = "f
 
 def group(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Records by label: the method spec, prefixed with the architecture spec (and the task) when
-    the folder holds more than one."""
+    the folder holds more than one, and with the learning rule when any run is not backprop
+    (``fa/fa-noise``)."""
     tasks = {r["task"] for r in records}
     archs = {(r["task"], r.get("arch_spec", r["arch"])) for r in records}
+    rules = {r.get("rule", "bp") for r in records}
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         prefix = (f"{r['task']}/" if len(tasks) > 1 else "") + (
             f"{r.get('arch_spec', r['arch'])}/" if len(archs) > 1 else ""
         )
+        prefix += f"{r.get('rule', 'bp')}/" if rules != {"bp"} else ""
         groups[prefix + r["method"]].append(r)
     return dict(groups)
 
@@ -94,7 +97,7 @@ def summarize(records: list[dict[str, Any]]) -> Table:
     checkpoints = [c for c in cls.checkpoints if c < steps]
     thresholds = _thresholds(ok)
     columns = ["method", "seeds"] + [f"{metric}@{c}" for c in checkpoints] + [f"{metric}@{steps}"]
-    columns += [f"steps→{t}{unit}" for t in thresholds] + ["init+train s"]
+    columns += [f"{cls.step_unit}s→{t}{unit}" for t in thresholds] + ["init+train s"]
     rows = []
     for label, runs in group(records).items():
         done = [r for r in runs if r.get("status") == "ok"]
@@ -105,7 +108,7 @@ def summarize(records: list[dict[str, Any]]) -> Table:
         series = [metric_series(r) for r in done]
         series = [([k for k in at if k <= steps], vals[: sum(k <= steps for k in at)]) for at, vals in series]
         row = [label, str(n) + ("" if n == len(runs) else f" ({len(runs) - n} failed)")]
-        digits, spec = (3, "g") if cls.log_scale else (1, "f")
+        digits, spec = (3, "g") if cls.log_scale else (cls.metric_digits, "f")
         row += [_fmt([value_at(at, v, k) for at, v in series], digits, n, spec) for k in [*checkpoints, steps]]
         row += [
             _fmt([steps_to(v, float(t), steps=at, higher_is_better=higher) for at, v in series], 0, n)
@@ -114,7 +117,10 @@ def summarize(records: list[dict[str, Any]]) -> Table:
         init, train = (float(np.mean([r["wall"][k] for r in done])) for k in ("init_s", "train_s"))
         row.append(f"{init:.1f}+{train:.1f}")
         rows.append(row)
-    title = f"{first['task']} · {first.get('arch_spec', first['arch'])} · {steps} steps · mean ± 95% CI over seeds"
+    title = (
+        f"{first['task']} · {first.get('arch_spec', first['arch'])} · {steps} {cls.step_unit}s"
+        " · mean ± 95% CI over seeds"
+    )
     return Table(title, columns, rows)
 
 
@@ -156,7 +162,7 @@ def plot_metric(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     if cls.metric_cap is not None and ax.get_ylim()[1] > cls.metric_cap:
         ax.set_ylim(top=cls.metric_cap)  # keep the range where inits differ readable
         title += f", axis capped at {cls.metric_cap:g}"
-    ax.set(xlabel="step", ylabel=metric.upper() + (f" ({cls.unit})" if cls.unit else ""), title=title)
+    ax.set(xlabel=cls.step_unit, ylabel=metric.upper() + (f" ({cls.unit})" if cls.unit else ""), title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
