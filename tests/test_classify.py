@@ -156,3 +156,18 @@ def test_cli_classify_end_to_end(tmp_path, capsys):
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "bp/default" in out and "fa/default" in out and "test_acc@1" in out
+
+
+def test_report_plots_the_alignment_curves(tmp_path):
+    from initium.report import write_report
+
+    cfg = RunConfig(
+        task="classify", out=tmp_path, arch=SMALL, methods=("default",), rules=("bp", ), seeds=(0, 1),
+        task_options={"epochs": 1, "ood": False},
+    )  # fmt: skip
+    run(cfg)
+    assert "wb_angle" not in write_report(tmp_path)  # a backprop model has no feedback matrices
+    run(RunConfig(**{**cfg.__dict__, "rules": ("fa",)}))
+    files = write_report(tmp_path)
+    assert files["wb_angle"].exists() and files["update_angle"].exists()
+    assert "fa/default" in (tmp_path / "summary.md").read_text()

@@ -193,6 +193,33 @@ def plot_bands(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path | No
     return path
 
 
+def plot_layer_curves(groups: dict[str, list[dict[str, Any]]], key: str, path: Path) -> Path | None:
+    """Curves ``key/<layer>`` (e.g. the feedback-alignment ``wb_angle`` per layer) vs step, one panel
+    per layer, one line per method with a 95% band over seeds; ``None`` when no run has them."""
+    import matplotlib.pyplot as plt
+
+    curves = [runs[0]["curve"] for runs in groups.values()]
+    layers = sorted({k.split("/", 1)[1] for curve in curves for k in curve if k.startswith(key + "/")})
+    if not layers:
+        return None
+    unit = _task_class(next(iter(groups.values()))[0]).step_unit
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.4), layout="constrained", squeeze=False)
+    for ax, layer in zip(axes[0], layers, strict=True):
+        for label, runs in groups.items():
+            name = f"{key}/{layer}"
+            if name not in runs[0]["curve"]:
+                continue
+            x = np.asarray(runs[0]["curve"]["step"])
+            ys = _stack(runs, lambda r, n=name: [np.nan if v is None else v for v in r["curve"][n]])
+            _band(ax, x[: ys.shape[1]], ys, label)
+        ax.set(xlabel=unit, title=f"{key} · {layer}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_reconstructions(groups: dict[str, list[dict[str, Any]]], out: Path, path: Path) -> Path | None:
     """Predictions of each method's first seed at the snapshot steps, beside the target."""
     import matplotlib.pyplot as plt
@@ -244,6 +271,8 @@ def write_report(out: str | Path) -> dict[str, Path]:
         for name, made in (
             ("bands", plot_bands(groups, out / "plots" / "bands.png")),
             ("reconstructions", plot_reconstructions(groups, out, out / "plots" / "reconstructions.png")),
+            ("wb_angle", plot_layer_curves(groups, "wb_angle", out / "plots" / "wb_angle.png")),
+            ("update_angle", plot_layer_curves(groups, "update_angle", out / "plots" / "update_angle.png")),
         ):
             if made is not None:
                 files[name] = made
