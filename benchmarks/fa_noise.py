@@ -160,7 +160,8 @@ def train_table(title: str, records: list[dict[str, Any]], epochs: int) -> None:
 
 def part_train(out: Path, seeds: int, epochs: int) -> None:
     digits_mlp = [
-        ("bp", "default"), ("fa", "default"), ("fa", "fa-noise"), ("fa", "fa-noise(noise_set=None)"),
+        ("bp", "default"), ("fa", "default"), ("fa", "fa-noise"), ("fa", "fa-noise(steps=1000,noise_set=1024)"),
+        ("fa", "fa-noise(noise_set=None)"),
         ("dfa", "default"), ("dfa", "fa-noise"), ("usf", "default"), ("brsf", "default"), ("frsf", "default"),
     ]  # fmt: skip
     recs = sweep(out, "digits-mlp", "classifier-mlp", "digits", digits_mlp, seeds, epochs, adapt=5)
