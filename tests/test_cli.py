@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import initium.runner
+import initium.train
 from initium.cli import main
 
 
@@ -14,7 +14,7 @@ def no_training(monkeypatch):
     def boom(*_a, **_k):
         raise AssertionError("training started before the input was checked")
 
-    monkeypatch.setattr(initium.runner, "fit", boom)
+    monkeypatch.setattr(initium.train, "fit", boom)
     monkeypatch.setattr("initium.methods.noise.fit", boom)
 
 

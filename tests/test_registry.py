@@ -84,7 +84,7 @@ def test_every_method_is_deterministic_and_in_place(name):
 
     def apply(global_seed):
         torch.manual_seed(0)
-        model = Siren(2, 1, hidden=16, layers=2)
+        model = Siren(2, 2, hidden=16, layers=2)  # two outputs: fa-noise's random labels need two classes
         before = {k: v.clone() for k, v in model.state_dict().items()}
         torch.manual_seed(global_seed)  # must not matter
         method = initium.create(name, seed=1, steps=5, cache=False)

@@ -5,7 +5,7 @@ import json
 import matplotlib.image as mpimg
 import pytest
 
-import initium.runner
+import initium.train
 from initium.report import mean_ci, summarize, write_report
 from initium.runner import RunConfig, eval_steps, load_results, run
 
@@ -57,8 +57,8 @@ def test_seeds_are_reproducible(sweep, tmp_path):
 def test_resume_skips_finished_runs(tmp_path, monkeypatch):
     run(_cfg(tmp_path, methods=("default",), seeds=(0,)))
     calls = []
-    real_fit = initium.runner.fit
-    monkeypatch.setattr(initium.runner, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
+    real_fit = initium.train.fit
+    monkeypatch.setattr(initium.train, "fit", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
     records = run(_cfg(tmp_path, methods=("default",), seeds=(0, 1)))
     assert len(calls) == 1 and len(records) == 2  # only seed 1 trained
     assert len(load_results(tmp_path)) == 2

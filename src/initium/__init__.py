@@ -16,6 +16,7 @@ Public API (DESIGN.md section 4)::
 
 __version__ = "0.1.0"
 
+from . import fa as fa
 from . import nn as nn
 from . import tasks as tasks
 from .cache import InitCache as InitCache
@@ -25,4 +26,6 @@ from .methods.noise import noise_pretrain as noise_pretrain
 from .methods.rwf import remove_rwf as remove_rwf
 from .methods.rwf import rwf as rwf
 
-__all__ = ["InitCache", "__version__", "create", "list_methods", "nn", "noise_pretrain", "remove_rwf", "rwf", "tasks"]
+__all__ = [
+    "InitCache", "__version__", "create", "fa", "list_methods", "nn", "noise_pretrain", "remove_rwf", "rwf", "tasks",
+]  # fmt: skip

@@ -18,6 +18,7 @@ from rich.table import Table as RichTable
 
 from ._registry import UnknownNameError, closest, parse_literal, split_top
 from .cache import CacheError, InitCache
+from .fa import MODES
 from .methods import METHODS
 from .nn import ARCHS
 from .tasks import SAMPLE_IMAGES, TASKS
@@ -90,7 +91,15 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
         "--methods", default="default,noise", help=f"comma-separated method specs ({', '.join(METHODS.names())})"
     )
     run.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="a count (3) or a list (0,5,9)")
-    run.add_argument("--steps", type=int, default=2000, help="training steps per run")
+    run.add_argument(
+        "--steps", type=int, default=None, help="training steps per run (default: the task's; 2000 for image-fit)"
+    )
+    run.add_argument(
+        "--rule",
+        default=None,
+        help=f"learning rule(s) ({', '.join(MODES)}): one for all methods or one per method, paired in order"
+        " (default: bp)",
+    )
     run.add_argument(
         "--lr", type=float, default=None, help="learning rate (default: the architecture's, from its paper)"
     )
@@ -138,6 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         task=args.task, out=args.out, arch=args.arch, methods=_split_methods(args.methods), seeds=args.seeds,
         steps=args.steps, lr=args.lr, eval_every=args.eval_every, device=args.device, compile=args.compile,
         thresholds=args.thresholds, task_options=task_options,
+        rules=_split_methods(args.rule) if args.rule else None,
     )  # fmt: skip
     columns = (
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

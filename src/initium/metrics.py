@@ -1,5 +1,6 @@
-"""Metrics: PSNR, SSIM, relative error in radial frequency bands, relative L2 error, IoU, and the
-eigenvalues of the empirical neural tangent kernel."""
+"""Metrics: PSNR, SSIM, relative error in radial frequency bands, relative L2 error, IoU, the
+eigenvalues of the empirical neural tangent kernel; alignment angle and effective dimensionality
+of weights (feedback alignment)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from skimage.metrics import structural_similarity
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
-__all__ = ["BANDS", "band_errors", "iou", "ntk_eigenvalues", "psnr", "psnr_from_mse", "relative_l2", "ssim"]
+__all__ = [
+    "BANDS", "angle", "band_errors", "effective_dimensionality", "iou", "ntk_eigenvalues", "psnr", "psnr_from_mse",
+    "relative_l2", "ssim",
+]  # fmt: skip
 
 # Radial frequency bands in cycles per pixel (Nyquist is 0.5): the thirds of [0, 0.5], the last
 # band also taking the corners beyond 0.5 along the diagonal.
@@ -88,3 +92,36 @@ def ntk_eigenvalues(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     jac = vmap(jacrev(f), in_dims=(None, 0))(params, inputs)
     j = torch.cat([v.reshape(len(inputs), -1) for v in jac.values()], dim=1).double()
     return torch.linalg.eigvalsh(j @ j.T).flip(0).clamp_min(0).float()
+
+
+def angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The angle in degrees between two tensors taken as flat vectors:
+    ``arccos(<a, b> / (|a| |b|))``; ``nan`` when either is zero.
+
+    Between a forward weight ``W`` and a feedback matrix ``B`` of the same shape it is the
+    alignment angle of feedback alignment (Lillicrap et al. 2016; Cheon et al. 2024): 90 degrees
+    for an unrelated ``B``, 0 when the backward pass is backprop's.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"angle needs two tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    x, y = a.detach().double().flatten(), b.detach().double().flatten()
+    denom = x.norm() * y.norm()
+    if denom == 0:
+        return math.nan
+    return math.degrees(math.acos(float((x @ y / denom).clamp(-1.0, 1.0))))
+
+
+def effective_dimensionality(weight: torch.Tensor) -> float:
+    """Participation ratio of the singular values ``s_i`` of a weight (rows = output units):
+
+        D_eff = (sum_i s_i^2)^2 / sum_i s_i^4,
+
+    i.e. the participation ratio ``(sum l)^2 / sum l^2`` of the eigenvalues ``l_i = s_i^2`` of
+    ``W W^T``. It is ``rank`` for a flat spectrum and 1 when one direction dominates; Cheon et al.
+    2024 (NeurIPS, arXiv 2405.16731) report that random-noise pretraining lowers it. A convolution
+    kernel is flattened to ``(out_channels, in_channels * k...)``.
+    """
+    w = weight.detach().double().reshape(weight.shape[0], -1)
+    s2 = torch.linalg.svdvals(w) ** 2
+    denom = float((s2**2).sum())
+    return float(s2.sum() ** 2 / denom) if denom > 0 else math.nan

@@ -59,14 +59,17 @@ def _fmt(values: Sequence[float | None], spec: str, total: int) -> str:
 
 def group(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Records by label: the method spec, prefixed with the architecture spec (and the task) when
-    the folder holds more than one."""
+    the folder holds more than one, and with the learning rule when any run is not backprop
+    (``fa/fa-noise``)."""
     tasks = {r["task"] for r in records}
     archs = {(r["task"], r.get("arch_spec", r["arch"])) for r in records}
+    rules = {r.get("rule", "bp") for r in records}
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         prefix = (f"{r['task']}/" if len(tasks) > 1 else "") + (
             f"{r.get('arch_spec', r['arch'])}/" if len(archs) > 1 else ""
         )
+        prefix += f"{r.get('rule', 'bp')}/" if rules != {"bp"} else ""
         groups[prefix + r["method"]].append(r)
     return dict(groups)
 
@@ -95,7 +98,7 @@ def summarize(records: list[dict[str, Any]]) -> Table:
     checkpoints = [c for c in cls.checkpoints if c < steps]
     thresholds = _thresholds(ok)
     columns = ["method", "seeds"] + [f"{metric}@{c}" for c in checkpoints] + [f"{metric}@{steps}"]
-    columns += [f"steps→{t}{unit}" for t in thresholds] + ["init+train s"]
+    columns += [f"{cls.step_unit}s→{t}{unit}" for t in thresholds] + ["init+train s"]
     rows = []
     for label, runs in group(records).items():
         done = [r for r in runs if r.get("status") == "ok"]
@@ -115,7 +118,10 @@ def summarize(records: list[dict[str, Any]]) -> Table:
         init, train = (float(np.mean([r["wall"][k] for r in done])) for k in ("init_s", "train_s"))
         row.append(f"{init:.1f}+{train:.1f}")
         rows.append(row)
-    title = f"{first['task']} · {first.get('arch_spec', first['arch'])} · {steps} steps · mean ± 95% CI over seeds"
+    title = (
+        f"{first['task']} · {first.get('arch_spec', first['arch'])} · {steps} {cls.step_unit}s"
+        " · mean ± 95% CI over seeds"
+    )
     return Table(title, columns, rows)
 
 
@@ -157,7 +163,7 @@ def plot_metric(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     if cls.metric_cap is not None and ax.get_ylim()[1] > cls.metric_cap:
         ax.set_ylim(top=cls.metric_cap)  # keep the range where inits differ readable
         title += f", axis capped at {cls.metric_cap:g}"
-    ax.set(xlabel="step", ylabel=metric.upper() + (f" ({cls.unit})" if cls.unit else ""), title=title)
+    ax.set(xlabel=cls.step_unit, ylabel=metric.upper() + (f" ({cls.unit})" if cls.unit else ""), title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
@@ -203,6 +209,33 @@ def plot_ntk(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path | None
     ax.set(xscale="log", yscale="log", xlabel="index", ylabel="eigenvalue", title="empirical NTK after training")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_layer_curves(groups: dict[str, list[dict[str, Any]]], key: str, path: Path) -> Path | None:
+    """Curves ``key/<layer>`` (e.g. the feedback-alignment ``wb_angle`` per layer) vs step, one panel
+    per layer, one line per method with a 95% band over seeds; ``None`` when no run has them."""
+    import matplotlib.pyplot as plt
+
+    curves = [runs[0]["curve"] for runs in groups.values()]
+    layers = sorted({k.split("/", 1)[1] for curve in curves for k in curve if k.startswith(key + "/")})
+    if not layers:
+        return None
+    unit = _task_class(next(iter(groups.values()))[0]).step_unit
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.4), layout="constrained", squeeze=False)
+    for ax, layer in zip(axes[0], layers, strict=True):
+        for label, runs in groups.items():
+            name = f"{key}/{layer}"
+            if name not in runs[0]["curve"]:
+                continue
+            x = np.asarray(runs[0]["curve"]["step"])
+            ys = _stack(runs, lambda r, n=name: [np.nan if v is None else v for v in r["curve"][n]])
+            _band(ax, x[: ys.shape[1]], ys, label)
+        ax.set(xlabel=unit, title=f"{key} · {layer}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -260,6 +293,8 @@ def write_report(out: str | Path) -> dict[str, Path]:
             ("bands", plot_bands(groups, out / "plots" / "bands.png")),
             ("ntk", plot_ntk(groups, out / "plots" / "ntk.png")),
             ("reconstructions", plot_reconstructions(groups, out, out / "plots" / "reconstructions.png")),
+            ("wb_angle", plot_layer_curves(groups, "wb_angle", out / "plots" / "wb_angle.png")),
+            ("update_angle", plot_layer_curves(groups, "update_angle", out / "plots" / "update_angle.png")),
         ):
             if made is not None:
                 files[name] = made

@@ -8,6 +8,7 @@ is rewritten atomically after every run.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -22,12 +23,12 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from . import __version__, fa
 from ._io import atomic_write_bytes, atomic_write_text, tensors_to_bytes
 from .methods import create
 from .nn import ARCHS
 from .tasks import TASKS, Task
-from .train import ProgressFn, TrainingDiverged, fit, progress_hook
+from .train import ProgressFn, TrainingDiverged, progress_hook
 
 __all__ = ["RunConfig", "eval_steps", "load_results", "metric_series", "resolve_device", "run", "steps_to", "value_at"]
 
@@ -38,20 +39,24 @@ RESULTS = "results.jsonl"
 @dataclass(frozen=True)
 class RunConfig:
     """One sweep. ``arch`` and each of ``methods`` are specs (``"siren(hidden=128)"``,
-    ``"noise(steps=300)"``; ``None``: the task's default); ``task_options`` are the task config's fields."""
+    ``"noise(steps=300)"``; ``None``: the task's default); ``task_options`` are the task config's fields.
+    ``rules`` are the learning rules (``initium.fa.MODES``: ``bp``, ``fa``, ``dfa`` ...), one for all
+    methods or one per method, paired in order; ``None``: backprop. ``steps=None``: the task's own
+    length (``Task.resolve_steps``: 2000 steps for image-fit, ``--epochs`` for classify)."""
 
     task: str
     out: Path
     arch: str | None = None
     methods: tuple[str, ...] = ("default", "noise")
     seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 2000
+    steps: int | None = None
     lr: float | None = None
     eval_every: int | None = None
     device: str | None = None
     compile: bool = False
     thresholds: tuple[float, ...] | None = None  # "steps to" columns; None: the task's own
     task_options: dict[str, Any] = field(default_factory=dict)
+    rules: tuple[str, ...] | None = None
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -131,6 +136,7 @@ def _identity(rec: dict[str, Any]) -> str:
     """What makes two runs the same run (for resuming)."""
     keys = ("task", "task_config", "arch", "arch_config", "method", "seed", "steps", "lr", "eval_every", "compile")
     ident = {k: rec.get(k) for k in keys}
+    ident["rule"] = rec.get("rule", "bp")  # records from before learning rules were backprop
     ident["device"] = rec.get("device") or rec.get("env", {}).get("device")  # older records: in env only
     return json.dumps(ident, sort_keys=True, default=str)
 
@@ -154,9 +160,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device]:
+def _rules(cfg: RunConfig) -> tuple[str, ...]:
+    """One learning rule per method: ``--rule fa`` for all, or ``--rule bp,fa,fa`` paired in order."""
+    n = len(cfg.methods)
+    rules = tuple(cfg.rules) if cfg.rules else ("bp",)
+    if len(rules) == 1:
+        rules = rules * n
+    if len(rules) != n:
+        raise ValueError(
+            f"--rule names {len(rules)} rules for {n} methods; give one rule for all or one per method"
+            f" (e.g. --rule bp,fa,fa --methods default,default,fa-noise)"
+        )
+    for rule in rules:
+        if rule not in fa.MODES:
+            raise ValueError(f"--rule: unknown learning rule {rule!r}; expected one of: {', '.join(fa.MODES)}")
+    return rules
+
+
+def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device, int, tuple[str, ...]]:
     """Check every name, option and input, and load the data: all before any training."""
-    if not isinstance(cfg.steps, int) or cfg.steps < 1:
+    if cfg.steps is not None and (not isinstance(cfg.steps, int) or cfg.steps < 1):
         raise ValueError(f"--steps must be an int >= 1, got {cfg.steps!r}")
     if not cfg.seeds or any(not isinstance(s, int) or s < 0 for s in cfg.seeds):
         raise ValueError(f"--seeds must name at least one seed >= 0, got {cfg.seeds!r}")
@@ -166,7 +189,11 @@ def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device]:
         raise ValueError(f"--lr must be a finite number > 0, got {cfg.lr!r}")
     if cfg.eval_every is not None and (not isinstance(cfg.eval_every, int) or cfg.eval_every < 1):
         raise ValueError(f"--eval-every must be an int >= 1, got {cfg.eval_every!r}")
+    rules = _rules(cfg)
     task = TASKS.build(cfg.task, cfg.task_options)
+    steps = task.resolve_steps(cfg.steps)
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"the run's length must be an int >= 1, got {steps!r}")
     arch_spec = cfg.arch or task.default_arch
     arch_parts = ARCHS.parse(arch_spec)
     if len(arch_parts) != 1:
@@ -177,14 +204,16 @@ def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device]:
     task.setup(device)
     probe = task.build_model(arch, arch_kwargs).to(device)
     task.check_model(probe, arch_spec)
-    for method in methods:
-        method.validate(probe, task.inputs)
-    return task, arch, arch_kwargs, device
+    for method, rule in zip(methods, rules, strict=True):
+        # the learning rule first (dfa's output size, unsupported layers), as the run will
+        model = probe if rule == "bp" else fa.convert(copy.deepcopy(probe), rule, seed=0)
+        method.validate(model, task.inputs)
+    return task, arch, arch_kwargs, device, steps, rules
 
 
 def run(cfg: RunConfig, *, progress: ProgressFn | None = None) -> list[dict[str, Any]]:
     """Train every method x seed of ``cfg`` and return all records in ``cfg.out/results.jsonl``."""
-    task, arch, arch_kwargs, device = _prepare(cfg)
+    task, arch, arch_kwargs, device, steps, rules = _prepare(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     records = load_results(out)
@@ -192,13 +221,15 @@ def run(cfg: RunConfig, *, progress: ProgressFn | None = None) -> list[dict[str,
     reference = getattr(task, "reference", None)
     if reference is not None:
         atomic_write_bytes(out / "reference.safetensors", tensors_to_bytes({"image": reference()}))
-    evals = eval_steps(cfg.steps, cfg.eval_every, task.checkpoints)
-    snap_steps = [c for c in task.snapshot_steps if c < cfg.steps] + [cfg.steps]
+    evals = eval_steps(steps, cfg.eval_every, task.checkpoints)
+    snap_steps = [c for c in task.snapshot_steps if c < steps] + [steps]
     evals = sorted(set(evals) | set(snap_steps))
 
-    for spec in cfg.methods:
+    for spec, rule in zip(cfg.methods, rules, strict=True):
         for seed in cfg.seeds:
-            rec = _run_one(cfg, task, arch, arch_kwargs, device, spec, seed, evals, snap_steps, out, progress, done)
+            rec = _run_one(
+                cfg, task, arch, arch_kwargs, device, spec, rule, seed, steps, evals, snap_steps, out, progress, done
+            )
             if rec is None:
                 continue
             records = [r for r in records if _identity(r) != _identity(rec)] + [rec]
@@ -213,7 +244,9 @@ def _run_one(
     arch_kwargs: dict[str, Any],
     device: torch.device,
     spec: str,
+    rule: str,
     seed: int,
+    steps: int,
     evals: list[int],
     snap_steps: list[int],
     out: Path,
@@ -222,6 +255,8 @@ def _run_one(
 ) -> dict[str, Any] | None:
     torch.manual_seed(seed)  # the architecture's own init draws from here
     model = task.build_model(arch, arch_kwargs).to(device)
+    if rule != "bp":  # B is drawn from its own generator: the weights match the bp run's
+        model = fa.convert(model, rule, seed=seed)
     lr = cfg.lr if cfg.lr is not None else task.default_lr(model)
     method = create(spec, seed=seed)
     rec: dict[str, Any] = {
@@ -232,8 +267,10 @@ def _run_one(
         "arch_config": getattr(model, "config", arch_kwargs),
         "method": spec,
         "method_config": method.describe(),
+        "rule": rule,
         "seed": seed,
-        "steps": cfg.steps,
+        "steps": steps,
+        "step_unit": task.step_unit,
         "lr": lr,
         "eval_every": cfg.eval_every,
         "compile": cfg.compile,
@@ -267,10 +304,7 @@ def _run_one(
             method(model, task.inputs)
             _sync(device)
             t1, phase = time.perf_counter(), "training"
-            history = fit(
-                model, task.inputs, task.target, steps=cfg.steps, lr=lr, forward_loss=task.forward_loss,
-                lr_decay=task.lr_decay, evaluate_at=evals, on_eval=on_eval, compile=cfg.compile,
-            )  # fmt: skip
+            history = task.fit(model, steps=steps, lr=lr, evaluate_at=evals, on_eval=on_eval, compile=cfg.compile)
             analysis = task.analyse(model)
         except TrainingDiverged as exc:  # one failed run must not end the sweep
             status = f"diverged in {phase} at step {exc.step}"
@@ -282,14 +316,14 @@ def _run_one(
     every = None
     if per_step is not None:
         every = [round(float(v), 4) if math.isfinite(v) else None for v in per_step.tolist()]
-        every += [None] * (cfg.steps + 1 - len(every))  # a diverged run stops early
+        every += [None] * (steps + 1 - len(every))  # a diverged run stops early
     rec.update(status=status, metric=task.metric, higher_is_better=task.higher_is_better, curve=curve)
     rec["metric_every_step"] = every
     at, values = metric_series(rec)
     better = task.higher_is_better
     rec.update(
-        at_step={str(c): value_at(at, values, c) for c in task.checkpoints if c <= cfg.steps}
-        | {"final": value_at(at, values, cfg.steps)},
+        at_step={str(c): value_at(at, values, c) for c in task.checkpoints if c <= steps}
+        | {"final": value_at(at, values, steps)},
         steps_to={
             f"{t:g}": steps_to(values, t, steps=at, higher_is_better=better) for t in cfg.thresholds or task.thresholds
         },

@@ -1,6 +1,7 @@
 """Initialisation methods, one file per family, all registered in ``METHODS``."""
 
 from . import classic as classic
+from . import fa as fa
 from . import noise as noise
 from . import reparam as reparam
 from . import rwf as rwf
@@ -10,4 +11,4 @@ from ._base import Method as Method
 from ._base import create as create
 from ._base import list_methods as list_methods
 
-__all__ = ["METHODS", "Compose", "Method", "classic", "create", "list_methods", "noise", "reparam", "rwf"]
+__all__ = ["METHODS", "Compose", "Method", "classic", "create", "fa", "list_methods", "noise", "reparam", "rwf"]

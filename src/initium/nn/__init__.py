@@ -9,6 +9,11 @@ from __future__ import annotations
 from torch import nn
 
 from .._registry import Registry
+from .classifier import ClassifierCNN as ClassifierCNN
+from .classifier import ClassifierMLP as ClassifierMLP
+from .feedback import FAConv1d as FAConv1d
+from .feedback import FAConv2d as FAConv2d
+from .feedback import FALinear as FALinear
 from .fourier import PEMLP as PEMLP
 from .fourier import FourierFeatures as FourierFeatures
 from .fourier import FourierMLP as FourierMLP
@@ -25,8 +30,10 @@ ARCHS.register("fourier")(FourierMLP)
 ARCHS.register("pe")(PEMLP)
 ARCHS.register("mlp")(MLP)
 ARCHS.register("deeponet")(DeepONet)
+ARCHS.register("classifier-mlp")(ClassifierMLP)
+ARCHS.register("classifier-cnn")(ClassifierCNN)
 
 __all__ = [
-    "ARCHS", "MLP", "PEMLP", "DeepONet", "FourierFeatures", "FourierMLP", "PositionalEncoding", "Sine", "Siren",
-    "siren_uniform_",
+    "ARCHS", "MLP", "PEMLP", "ClassifierCNN", "ClassifierMLP", "DeepONet", "FAConv1d", "FAConv2d", "FALinear",
+    "FourierFeatures", "FourierMLP", "PositionalEncoding", "Sine", "Siren", "siren_uniform_",
 ]  # fmt: skip

@@ -1,5 +1,6 @@
 """Tasks (registered in ``TASKS``), coordinate grids and offline data."""
 
+from . import classify as classify
 from . import ct as ct
 from . import deeponet as deeponet
 from . import image_fit as image_fit
@@ -13,6 +14,6 @@ from .data import SAMPLE_IMAGES as SAMPLE_IMAGES
 from .data import load_image as load_image
 
 __all__ = [
-    "SAMPLE_IMAGES", "TASKS", "Task", "ct", "deeponet", "grid", "image_fit", "load_image", "pinn", "regress_1d",
-    "shape3d",
+    "SAMPLE_IMAGES", "TASKS", "Task", "classify", "ct", "deeponet", "grid", "image_fit", "load_image", "pinn",
+    "regress_1d", "shape3d",
 ]  # fmt: skip

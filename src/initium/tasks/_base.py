@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from .. import train
 from .._registry import Registry
 
 __all__ = ["TASKS", "Task", "grid"]
@@ -42,6 +44,8 @@ class Task:
     thresholds: ClassVar[tuple[float, ...]] = ()  # "steps to reach" columns of the summary
     checkpoints: ClassVar[tuple[int, ...]] = ()  # "metric at step" columns of the summary
     snapshot_steps: ClassVar[tuple[int, ...]] = ()  # steps whose predictions the report shows
+    step_unit: ClassVar[str] = "step"  # what one step of the curves is ("epoch" for minibatch tasks)
+    default_steps: ClassVar[int] = 2000
 
     config: Any
     inputs: torch.Tensor
@@ -67,6 +71,30 @@ class Task:
         prediction (a PDE residual needs derivatives of the model with respect to its inputs)."""
         pred = model(inputs)
         return self.loss(pred, target), pred
+
+    def resolve_steps(self, steps: int | None) -> int:
+        """The training length of a run: ``steps`` as given (``--steps``), or the task's default."""
+        return self.default_steps if steps is None else steps
+
+    def fit(
+        self,
+        model: nn.Module,
+        *,
+        steps: int,
+        lr: float,
+        evaluate_at: Collection[int] = (),
+        on_eval: Callable[[int, torch.Tensor], None] | None = None,
+        compile: bool = False,
+    ) -> torch.Tensor:
+        """Train ``model`` for ``steps`` steps (the task's :attr:`step_unit`) and return the loss
+        history, ``steps + 1`` values on the CPU; call ``on_eval(step, prediction at the training
+        inputs)`` at the steps in ``evaluate_at``; raise :class:`initium.train.TrainingDiverged` on a
+        non-finite loss. By default: :func:`initium.train.fit`, full-batch Adam. A task with another
+        training scheme (minibatch epochs) overrides this."""
+        return train.fit(
+            model, self.inputs, self.target, steps=steps, lr=lr, forward_loss=self.forward_loss,
+            lr_decay=self.lr_decay, evaluate_at=evaluate_at, on_eval=on_eval, compile=compile,
+        )  # fmt: skip
 
     def check_model(self, model: nn.Module, arch: str) -> None:
         """Raise before training if ``model`` cannot serve this task (by default: its output at

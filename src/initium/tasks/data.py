@@ -1,4 +1,5 @@
-"""Offline data: scikit-image's bundled sample images, or a user's image file."""
+"""Offline data: scikit-image's bundled sample images, a user's image file, scikit-learn's
+handwritten digits and mnist1d generated on the spot (nothing is downloaded)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 
 from .._registry import UnknownNameError, closest
 
-__all__ = ["SAMPLE_IMAGES", "check_finite", "load_image"]
+__all__ = ["SAMPLE_IMAGES", "check_finite", "load_digits", "load_image", "make_mnist1d"]
 
 # scikit-image samples that ship inside the wheel (the others need a download, which we never do).
 SAMPLE_IMAGES: tuple[str, ...] = (
@@ -71,3 +72,38 @@ def load_image(source: str, *, gray: bool = False) -> np.ndarray:
     if gray and out.shape[-1] > 1:
         out = out.mean(-1, keepdims=True)
     return out
+
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's handwritten digits (1797 real 8x8 scans shipped inside the wheel):
+    ``(x, y)`` with ``x`` float32 ``(N, 1, 8, 8)`` in ``[0, 1]`` (the 0-16 counts divided by 16)
+    and ``y`` int64 labels 0-9."""
+    from sklearn.datasets import load_digits as _load
+
+    data = _load()
+    x = (data.images.astype(np.float32) / 16.0)[:, None]
+    return x, data.target.astype(np.int64)
+
+
+def make_mnist1d(seed: int = 42, num_samples: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST-1D (Greydanus & Kobak 2020, arXiv 2011.14439) generated offline with the package's
+    own ``make_dataset`` from its bundled templates (its ``get_dataset`` would download a pickle:
+    never used): ``(x, y)``, ``x`` float32 ``(N, 1, 40)`` standardised by the generator, ``y``
+    int64 0-9, train and test parts pooled. ``make_dataset`` reseeds NumPy's and Python's global
+    RNGs; their states are restored afterwards."""
+    import random
+
+    from mnist1d.data import get_dataset_args
+    from mnist1d.data import make_dataset as _make
+
+    args = get_dataset_args()
+    args.seed, args.num_samples = seed, num_samples
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = _make(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    x = np.concatenate([data["x"], data["x_test"]]).astype(np.float32)[:, None]
+    y = np.concatenate([data["y"], data["y_test"]]).astype(np.int64)
+    return x, y

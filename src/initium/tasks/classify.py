@@ -1,0 +1,290 @@
+"""Task ``classify``: small MLPs and CNNs on scikit-learn's handwritten digits or on MNIST-1D,
+minibatch SGD for ``--epochs`` epochs, accuracy and loss every epoch.
+
+Built for the feedback-alignment experiments of Cheon, Lee & Paik (NeurIPS 2024, arXiv
+2405.16731): the learning rule comes from the run (``initium run classify --rule bp,fa,fa``), the
+per-epoch curve carries the alignment measures of every FA layer, and the analysis of the trained
+model holds its accuracy on out-of-distribution test sets (translated, scaled, rotated,
+noise-corrupted inputs) and how fast it adapts to a new task (a label permutation; digits 5-9
+after training on 0-4).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import fa
+from ..nn import ARCHS
+from ..train import _PROGRESS, TrainingDiverged
+from ._base import TASKS, Task
+from .data import load_digits, make_mnist1d
+
+__all__ = ["Classify", "ClassifyConfig", "ood_sets"]
+
+NUM_CLASSES = 10
+_LOADERS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {"digits": load_digits, "mnist1d": make_mnist1d}
+# Out-of-distribution shifts per dataset, in raw input units: shift in pixels (samples for 1-D),
+# zoom factors, rotation in degrees (images only), noise standard deviation.
+_OOD: dict[str, dict[str, Any]] = {
+    "digits": {"shift": 1, "zoom": (0.8, 1.2), "rotate": 20.0, "noise": 0.25},  # pixel values in [0, 1]
+    "mnist1d": {"shift": 4, "zoom": (0.8, 1.2), "rotate": None, "noise": 0.5},  # signals of std 1
+}
+
+
+@dataclass(frozen=True)
+class ClassifyConfig:
+    """``dataset``: ``digits`` (1797 8x8 scans) or ``mnist1d`` (5000 generated 40-sample signals),
+    split into train and test (``test_fraction``, stratified, ``split_seed``) and standardised
+    with the training set's mean and std. ``classes="0-4"`` trains on digits 0-4 only (the output
+    still has 10 units); ``adapt_epochs > 0`` then measures how fast the trained model learns 5-9,
+    and in any case how fast it learns a permutation of the labels. ``track`` records the FA
+    alignment measures every epoch."""
+
+    dataset: Literal["digits", "mnist1d"] = "digits"
+    epochs: int = 20
+    batch_size: int = 32
+    momentum: float = 0.9
+    test_fraction: float = 0.3
+    split_seed: int = 0
+    classes: Literal["all", "0-4"] = "all"
+    adapt_epochs: int = 0
+    ood: bool = True
+    track: bool = True
+
+
+def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Resample ``(N, C, H, W)`` images (or ``(N, C, L)`` signals, as height 1) through per-sample
+    affine maps ``theta`` ``(N, 2, 3)`` in normalised coordinates, zero outside."""
+    img = x if x.ndim == 4 else x[:, :, None]
+    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+    out = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out if x.ndim == 4 else out[:, :, 0]
+
+
+def ood_sets(x: torch.Tensor, dataset: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Out-of-distribution versions of the raw test inputs ``x``: ``translated`` (by ``shift``
+    pixels along one axis, random axis and sign), ``scaled`` (zoom in or out), ``rotated`` (images only)
+    and ``noise`` (additive Gaussian); the shifts per dataset are in ``_OOD``. Deterministic in
+    ``seed``."""
+    p, n = _OOD[dataset], len(x)
+    gen = torch.Generator().manual_seed(seed)
+    sign = lambda: torch.randint(0, 2, (n,), generator=gen).float() * 2 - 1  # noqa: E731
+    size = x.shape[2:]
+    eye = torch.eye(2, 3).repeat(n, 1, 1)
+    out = {}
+    shift = eye.clone()
+    # along one axis (random for images), random sign; one pixel is 2/size in normalised units
+    axis = torch.randint(0, 2, (n,), generator=gen) if x.ndim == 4 else torch.zeros(n, dtype=torch.long)
+    step = sign() * 2 * p["shift"] / torch.tensor([size[-1], size[0]], dtype=torch.float)[axis]
+    shift[torch.arange(n), axis, 2] = step
+    out["translated"] = _affine(x, shift)
+    zoom = torch.where(sign() > 0, p["zoom"][1], p["zoom"][0])
+    scale = eye.clone()
+    scale[:, 0, 0] = 1 / zoom
+    if x.ndim == 4:
+        scale[:, 1, 1] = 1 / zoom
+    out["scaled"] = _affine(x, scale)
+    if x.ndim == 4 and p["rotate"]:
+        a = sign() * math.radians(p["rotate"])
+        rot = torch.zeros(n, 2, 3)
+        rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1] = a.cos(), -a.sin(), a.sin(), a.cos()
+        out["rotated"] = _affine(x, rot)
+    out["noise"] = x + p["noise"] * torch.randn(x.shape, generator=gen)
+    return out
+
+
+@TASKS.register("classify", ClassifyConfig)
+class Classify(Task):
+    """Classify digits (8x8 images) or MNIST-1D signals: minibatch SGD with momentum, epochs."""
+
+    name = "classify"
+    metric = "test_acc"
+    unit = ""
+    higher_is_better = True
+    default_arch = "classifier-mlp"
+    thresholds = (0.9,)
+    checkpoints = (1, 5)
+    metric_format = ".3f"
+    step_unit: ClassVar[str] = "epoch"
+
+    def __init__(self, config: ClassifyConfig = ClassifyConfig()) -> None:
+        c = config
+        for name, least in (("epochs", 1), ("batch_size", 1), ("adapt_epochs", 0), ("split_seed", 0)):
+            value = getattr(c, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"classify option {name} must be an int >= {least}, got {value!r}")
+        if not 0 < c.test_fraction < 1:
+            raise ValueError(f"classify option test_fraction must be in (0, 1), got {c.test_fraction!r}")
+        if not 0 <= c.momentum < 1:
+            raise ValueError(f"classify option momentum must be in [0, 1), got {c.momentum!r}")
+        self.config = config
+        self._lr = 0.01
+
+    # --- data -----------------------------------------------------------------------------------
+
+    def setup(self, device: torch.device) -> None:
+        from sklearn.model_selection import train_test_split
+
+        c = self.config
+        x, y = _LOADERS[c.dataset]()
+        xtr, xte, ytr, yte = train_test_split(
+            x, y, test_size=c.test_fraction, random_state=c.split_seed, stratify=y
+        )  # fmt: skip
+        first = (ytr < 5) if c.classes == "0-4" else np.ones(len(ytr), bool)
+        first_te = (yte < 5) if c.classes == "0-4" else np.ones(len(yte), bool)
+        # one scalar mean and std (of the training inputs): keeps the images' spatial structure
+        self.mean, self.std = float(xtr[first].mean()), float(xtr[first].std())
+        to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        self.inputs, self.target = to(self.normalise(xtr[first])), to(ytr[first])
+        self.test_x, self.test_y = to(self.normalise(xte[first_te])), to(yte[first_te])
+        self.second: tuple[torch.Tensor, ...] | None = None
+        if c.classes == "0-4":
+            self.second = (to(self.normalise(xtr[~first])), to(ytr[~first]),
+                           to(self.normalise(xte[~first_te])), to(yte[~first_te]))  # fmt: skip
+        self.ood: dict[str, torch.Tensor] = {}
+        if c.ood:
+            raw = torch.from_numpy(np.ascontiguousarray(xte[first_te]))
+            self.ood = {k: self.normalise(v).to(device) for k, v in ood_sets(raw, c.dataset).items()}
+        # a fixed batch on which the update-vs-backprop angle is measured every epoch
+        self.probe = (self.inputs[:256], self.target[:256])
+
+    def normalise(self, x: Any) -> Any:
+        return (x - self.mean) / self.std
+
+    # --- model ----------------------------------------------------------------------------------
+
+    def build_model(self, arch: str, arch_kwargs: dict[str, Any]) -> nn.Module:
+        return ARCHS.build(
+            arch, arch_kwargs, fixed={"in_shape": tuple(self.inputs.shape[1:]), "out_features": NUM_CLASSES}
+        )
+
+    def check_model(self, model: nn.Module, arch: str) -> None:
+        with torch.no_grad():
+            shape = tuple(model(self.inputs[:4]).shape)
+        if shape != (min(4, len(self.inputs)), NUM_CLASSES):
+            raise ValueError(f"--arch {arch!r} outputs shape {shape} for 4 inputs; classify needs (4, {NUM_CLASSES})")
+
+    def default_lr(self, model: nn.Module) -> float:
+        return float(getattr(model, "default_lr", 0.01))
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(pred, target)
+
+    def resolve_steps(self, steps: int | None) -> int:
+        if steps is not None and steps != self.config.epochs:
+            raise ValueError(f"classify counts epochs: give --epochs {steps} instead of --steps {steps}")
+        return self.config.epochs
+
+    # --- training -------------------------------------------------------------------------------
+
+    def _epoch(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+        bs = self.config.batch_size
+        order = torch.randperm(len(x), device=x.device)  # the global RNG, seeded by the runner
+        for i in range(0, len(x), bs):
+            idx = order[i : i + bs]
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    def _optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=lr, momentum=self.config.momentum)
+
+    def fit(
+        self,
+        model: nn.Module,
+        *,
+        steps: int,
+        lr: float,
+        evaluate_at: Collection[int] = (),
+        on_eval: Callable[[int, torch.Tensor], None] | None = None,
+        compile: bool = False,
+    ) -> torch.Tensor:
+        """``steps`` epochs of minibatch SGD with momentum on the cross-entropy; ``history[k]`` is
+        the training-set loss after ``k`` epochs."""
+        if compile:
+            raise ValueError("classify does not support --compile (its minibatch loop is not compiled)")
+        self._lr = lr  # the adaptation phase of analyse() trains at the run's rate
+        opt = self._optimizer(model, lr)
+        history = torch.empty(steps + 1)
+        progress = _PROGRESS.get()
+        model.train()
+        for epoch in range(steps + 1):
+            with torch.no_grad():
+                pred = model(self.inputs)
+                history[epoch] = F.cross_entropy(pred, self.target)
+            if not torch.isfinite(history[epoch]):
+                raise TrainingDiverged(epoch, history[: epoch + 1])
+            if on_eval is not None and epoch in evaluate_at:
+                on_eval(epoch, pred)
+            if epoch == steps:
+                break
+            self._epoch(model, opt, self.inputs, self.target)
+            if progress is not None:
+                progress("train", epoch + 1, steps)
+        return history
+
+    # --- metrics --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _acc_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        with torch.no_grad():
+            out = model(x)
+        return float((out.argmax(-1) == y).float().mean()), float(F.cross_entropy(out, y))
+
+    def evaluate(self, pred: torch.Tensor) -> dict[str, float]:
+        return {
+            "train_acc": float((pred.argmax(-1) == self.target).float().mean()),
+            "train_loss": float(F.cross_entropy(pred, self.target)),
+        }
+
+    def evaluate_model(self, model: nn.Module) -> dict[str, float]:
+        acc, loss = self._acc_loss(model, self.test_x, self.test_y)
+        out = {"test_acc": acc, "test_loss": loss}
+        if self.config.track:
+            for layer, values in fa.measure(model, *self.probe).items():
+                out.update({f"{key}/{layer}": value for key, value in values.items()})
+        return out
+
+    def _adapt(self, model: nn.Module, data: tuple[torch.Tensor, ...]) -> list[float]:
+        """Test accuracy of a copy of ``model`` before and after each of ``adapt_epochs`` epochs
+        of training on ``data = (x, y, test_x, test_y)``."""
+        x, y, tx, ty = data
+        model = copy.deepcopy(model)  # FA layers, their B and DFA hooks come along
+        opt = self._optimizer(model, self._lr)
+        accs = [self._acc_loss(model, tx, ty)[0]]
+        for _ in range(self.config.adapt_epochs):
+            self._epoch(model, opt, x, y)
+            accs.append(self._acc_loss(model, tx, ty)[0])
+        return accs
+
+    def analyse(self, model: nn.Module) -> dict[str, Any]:
+        """OOD test accuracies, adaptation curves and the final FA measurements."""
+        out: dict[str, Any] = {}
+        if self.ood:
+            out["ood"] = {"clean": self._acc_loss(model, self.test_x, self.test_y)[0]}
+            out["ood"] |= {k: self._acc_loss(model, v, self.test_y)[0] for k, v in self.ood.items()}
+        if self.config.adapt_epochs:
+            # a derangement of the labels: a random cycle through all ten classes
+            cycle = torch.randperm(NUM_CLASSES, generator=torch.Generator().manual_seed(0))
+            perm = torch.empty_like(cycle)
+            perm[cycle] = cycle.roll(1)
+            perm = perm.to(self.target.device)
+            adapt = {"permuted": self._adapt(model, (self.inputs, perm[self.target], self.test_x, perm[self.test_y]))}
+            if self.second is not None:
+                adapt["5-9"] = self._adapt(model, self.second)
+            out["adapt"] = adapt
+        measured = fa.measure(model, *self.probe)
+        if measured:
+            out["fa"] = measured
+        return out
