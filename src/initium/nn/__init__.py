@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from .._registry import Registry
+from .dip import DIPNet as DIPNet
 from .fourier import PEMLP as PEMLP
 from .fourier import FourierFeatures as FourierFeatures
 from .fourier import FourierMLP as FourierMLP
@@ -21,5 +22,9 @@ ARCHS: Registry[nn.Module] = Registry("architecture")
 ARCHS.register("siren")(Siren)
 ARCHS.register("fourier")(FourierMLP)
 ARCHS.register("pe")(PEMLP)
+ARCHS.register("dip")(DIPNet)
 
-__all__ = ["ARCHS", "PEMLP", "FourierFeatures", "FourierMLP", "PositionalEncoding", "Sine", "Siren", "siren_uniform_"]
+__all__ = [
+    "ARCHS", "PEMLP", "DIPNet", "FourierFeatures", "FourierMLP", "PositionalEncoding",
+    "Sine", "Siren", "siren_uniform_",
+]  # fmt: skip
