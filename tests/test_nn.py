@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -73,7 +74,10 @@ def test_positional_encoding_formula():
     torch.testing.assert_close(enc[0, 8:14], expected_cos.float())
 
 
-@pytest.mark.parametrize("arch", ARCHS.names())
+COORD_ARCHS = [a for a in ARCHS.names() if "in_features" in inspect.signature(ARCHS.entry(a).factory).parameters]
+
+
+@pytest.mark.parametrize("arch", COORD_ARCHS)  # coordinate nets; image nets (dip) are tested in test_dip.py
 def test_archs_map_coordinates_to_channels(arch):
     model = ARCHS.build(arch, {"hidden": 32}, in_features=2, out_features=3)
     assert model(grid(5, 5)).shape == (25, 3)

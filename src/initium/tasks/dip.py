@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics import psnr, ssim
+from ..metrics import psnr, psnr_from_mse, ssim
 from ..nn import ARCHS
 from ._base import TASKS, Task
 from .data import check_finite, load_image
@@ -169,9 +169,12 @@ class _DIPTask(Task):
 
     # -- metrics --------------------------------------------------------------------------------
     def evaluate(self, pred: torch.Tensor) -> dict[str, float]:
+        """``psnr`` and ``ssim`` against the clean image (the restoration), and ``fit_psnr``, the
+        PSNR of ``A(pred)`` against the degraded input (how far the net has fitted what it sees)."""
         assert self.clean is not None
         img, ref = pred[0].permute(1, 2, 0), self.clean[0].permute(1, 2, 0)
-        return {"psnr": psnr(img, ref), "ssim": ssim(img, ref)}
+        fit = float(psnr_from_mse(self.loss(self.operator(pred), self.target)))
+        return {"psnr": psnr(img, ref), "ssim": ssim(img, ref), "fit_psnr": fit}
 
     def summarize_run(self, curve: dict[str, list[Any]]) -> dict[str, Any]:
         """``input_psnr`` (the degraded input against the clean image: the bar to beat),
