@@ -191,6 +191,8 @@ def test_summarize_run_peak_and_drop():
     got = task.summarize_run({"step": [0, 10, 20, 30, 40], "psnr": [10.0, 25.0, None, 25.0, 21.5]})
     assert got == {"input_psnr": task.input_psnr, "peak_psnr": 25.0, "peak_step": 10, "psnr_drop": 3.5}
     assert task.summarize_run({"step": [], "psnr": []})["peak_psnr"] is None
+    clean = _setup(DIPDenoise(DIPDenoiseConfig(size=32, sigma=0.0)))  # an infinite PSNR is no JSON number
+    assert clean.summarize_run({"step": [0], "psnr": [30.0]})["input_psnr"] is None
 
 
 @pytest.mark.parametrize(

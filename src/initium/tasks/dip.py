@@ -181,7 +181,8 @@ class _DIPTask(Task):
         ``peak_psnr`` and ``peak_step`` (the best evaluated PSNR and its step) and ``psnr_drop``
         (peak minus last: how far the net has gone on to fit the degradation)."""
         points = [(v, s) for s, v in zip(curve.get("step", []), curve.get("psnr", []), strict=False) if v is not None]
-        out: dict[str, Any] = {"input_psnr": self.input_psnr, "peak_psnr": None, "peak_step": None, "psnr_drop": None}
+        bar = self.input_psnr if math.isfinite(self.input_psnr) else None  # sigma = 0: no noise, no bar
+        out: dict[str, Any] = {"input_psnr": bar, "peak_psnr": None, "peak_step": None, "psnr_drop": None}
         if points:
             peak, step = max(points, key=lambda p: (p[0], -p[1]))  # the earliest step among equal peaks
             out.update(peak_psnr=peak, peak_step=step, psnr_drop=peak - points[-1][0])
