@@ -74,7 +74,10 @@ def test_positional_encoding_formula():
     torch.testing.assert_close(enc[0, 8:14], expected_cos.float())
 
 
-@pytest.mark.parametrize("arch", ARCHS.names())
+COORD_ARCHS = [a for a in ARCHS.names() if "in_features" in inspect.signature(ARCHS.entry(a).factory).parameters]
+
+
+@pytest.mark.parametrize("arch", COORD_ARCHS)  # coordinate nets; image nets (dip) are tested in test_dip.py
 def test_archs_map_coordinates_to_channels(arch):
     if "in_features" not in inspect.signature(ARCHS.entry(arch).factory).parameters:
         pytest.skip(f"{arch} is not a coordinate network (tested with its task)")

@@ -332,6 +332,10 @@ def _run_one(
         analysis=analysis,
         env=_environment(device),
     )
+    extra = task.summarize_run(curve)
+    if clash := sorted(extra.keys() & rec.keys()):
+        raise ValueError(f"task {task.name!r}: summarize_run() returns fields the runner sets: {clash}")
+    rec.update(extra)
     rec = json.loads(json.dumps(rec))  # exactly what results.jsonl holds (tuples become lists)
     if snaps:
         # readable, and unique even where two specs slug alike

@@ -63,6 +63,12 @@ def _check_inputs(model: nn.Module, inputs: torch.Tensor) -> None:
             f"inputs must have shape (N, {expected}) for {type(model).__name__}(in_features={expected}),"
             f" got {tuple(inputs.shape)}; build coordinates with initium.tasks.grid(H, W)"
         )
+    channels = getattr(model, "in_channels", None)  # an image net (DIPNet): a (B, C, H, W) latent
+    if isinstance(channels, int) and (inputs.ndim != 4 or inputs.shape[1] != channels):
+        raise ValueError(
+            f"inputs must have shape (B, {channels}, H, W) for {type(model).__name__}(in_channels={channels}),"
+            f" got {tuple(inputs.shape)}; pass the fixed latent z the net will be trained on"
+        )
     if inputs.numel() == 0:
         raise ValueError("inputs is empty")
     if not torch.isfinite(inputs).all():

@@ -11,6 +11,7 @@ from torch import nn
 from .._registry import Registry
 from .classifier import ClassifierCNN as ClassifierCNN
 from .classifier import ClassifierMLP as ClassifierMLP
+from .dip import DIPNet as DIPNet
 from .feedback import FAConv1d as FAConv1d
 from .feedback import FAConv2d as FAConv2d
 from .feedback import FALinear as FALinear
@@ -32,8 +33,9 @@ ARCHS.register("mlp")(MLP)
 ARCHS.register("deeponet")(DeepONet)
 ARCHS.register("classifier-mlp")(ClassifierMLP)
 ARCHS.register("classifier-cnn")(ClassifierCNN)
+ARCHS.register("dip")(DIPNet)
 
 __all__ = [
-    "ARCHS", "MLP", "PEMLP", "ClassifierCNN", "ClassifierMLP", "DeepONet", "FAConv1d", "FAConv2d", "FALinear",
+    "ARCHS", "MLP", "PEMLP", "ClassifierCNN", "ClassifierMLP", "DIPNet", "DeepONet", "FAConv1d", "FAConv2d", "FALinear",
     "FourierFeatures", "FourierMLP", "PositionalEncoding", "Sine", "Siren", "siren_uniform_",
 ]  # fmt: skip

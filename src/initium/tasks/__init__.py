@@ -3,6 +3,7 @@
 from . import classify as classify
 from . import ct as ct
 from . import deeponet as deeponet
+from . import dip as dip
 from . import image_fit as image_fit
 from . import pinn as pinn
 from . import regress_1d as regress_1d
@@ -14,6 +15,6 @@ from .data import SAMPLE_IMAGES as SAMPLE_IMAGES
 from .data import load_image as load_image
 
 __all__ = [
-    "SAMPLE_IMAGES", "TASKS", "Task", "classify", "ct", "deeponet", "grid", "image_fit", "load_image", "pinn",
+    "SAMPLE_IMAGES", "TASKS", "Task", "classify", "ct", "deeponet", "dip", "grid", "image_fit", "load_image", "pinn",
     "regress_1d", "shape3d",
 ]  # fmt: skip

@@ -126,6 +126,12 @@ class Task:
         """JSON-ready analysis of the trained model (e.g. NTK eigenvalues), stored in the record."""
         return {}
 
+    def summarize_run(self, curve: dict[str, list[Any]]) -> dict[str, Any]:
+        """JSON-ready fields merged into a run's record, read off its evaluation curve
+        (``{"step": [...], name: [...]}``, ``None`` where not finite): e.g. the peak of a metric
+        that rises, then falls."""
+        return {}
+
     def snapshot(self, pred: torch.Tensor) -> torch.Tensor | None:
         """A uint8 (H, W, C) picture of a prediction for the report, or ``None``."""
         return None
