@@ -171,3 +171,10 @@ def test_report_plots_the_alignment_curves(tmp_path):
     files = write_report(tmp_path)
     assert files["wb_angle"].exists() and files["update_angle"].exists()
     assert "fa/default" in (tmp_path / "summary.md").read_text()
+
+
+def test_issue_arch_names_mlp_and_cnn_resolve_to_the_classifiers(tmp_path):
+    cfg = RunConfig(task="classify", out=tmp_path, arch="mlp(hidden=(16,))", methods=("default",), seeds=(0,),
+                    task_options={"epochs": 1, "adapt_epochs": 0, "ood": False})  # fmt: skip
+    (rec,) = run(cfg)
+    assert rec["status"] == "ok" and rec["arch"] == "classifier-mlp"

@@ -39,6 +39,7 @@ class Task:
     log_scale: ClassVar[bool] = False  # plot the metric on a log axis (errors spanning decades)
     metric_format: ClassVar[str] = ".1f"  # how the summary table prints it
     default_arch: ClassVar[str] = "siren"
+    arch_aliases: ClassVar[dict[str, str]] = {}  # task-local --arch names: classify's "mlp" -> "classifier-mlp"
     lr_decay: ClassVar[tuple[float, int] | None] = None  # (gamma, every): lr *= gamma every N steps
     metric_cap: ClassVar[float | None] = None  # the report's plots cap their axis here
     thresholds: ClassVar[tuple[float, ...]] = ()  # "steps to reach" columns of the summary

@@ -111,6 +111,7 @@ class Classify(Task):
     unit = ""
     higher_is_better = True
     default_arch = "classifier-mlp"
+    arch_aliases: ClassVar[dict[str, str]] = {"mlp": "classifier-mlp", "cnn": "classifier-cnn"}
     thresholds = (0.9,)
     checkpoints = (1, 5)
     metric_format = ".3f"
