@@ -1,6 +1,6 @@
 """Random weight factorization on a 1-D signal with three frequencies: plain vs RWF.
 
-    python examples/rwf.py        # about 10 s on 2 CPU cores
+python examples/rwf.py        # about 10 s on 2 CPU cores
 """
 
 import logging
