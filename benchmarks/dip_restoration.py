@@ -108,7 +108,12 @@ def main() -> None:
             cells = []
             for m in methods[1:]:
                 got = means.get(m)
-                cells.append("—" if not base or not got else f"{got[0] / base[0]:.2f}x / {got[1] - base[1]:+.2f} dB")
+                if not base or not got:
+                    cells.append("—")
+                elif max(got[0], base[0]) >= args.steps:  # a peak at the last step is no peak: still rising
+                    cells.append(f"no peak by step {args.steps} / {got[1] - base[1]:+.2f} dB at it")
+                else:
+                    cells.append(f"{got[0] / base[0]:.2f}x / {got[1] - base[1]:+.2f} dB")
             headline.append([f"{task} · {image}", *cells])
             _write(args, env, methods, headline, sections, time.perf_counter() - start)
     print((args.out / "summary.md").read_text() if sections else "no results yet")
