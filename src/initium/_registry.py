@@ -259,9 +259,10 @@ class Registry(Generic[T]):
         factory = self.entry(name).factory
         return factory(**cfg) if isinstance(cfg, dict) else factory(cfg)
 
-    def parse(self, spec: str) -> list[tuple[str, dict[str, Any]]]:
-        """Parse ``spec`` and check that every part names an entry (before any work is done)."""
-        parts = parse_spec(spec)
+    def parse(self, spec: str, aliases: Mapping[str, str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Parse ``spec`` and check that every part names an entry (before any work is done);
+        ``aliases`` renames parts first (a task's own names for entries)."""
+        parts = [((aliases or {}).get(name, name), kwargs) for name, kwargs in parse_spec(spec)]
         for name, kwargs in parts:
             self.config(name, kwargs)  # raises on unknown names and options
         return parts

@@ -25,7 +25,6 @@ import torch
 
 from . import __version__, fa
 from ._io import atomic_write_bytes, atomic_write_text, tensors_to_bytes
-from ._registry import parse_spec
 from .methods import create
 from .nn import ARCHS
 from .tasks import TASKS, Task
@@ -196,9 +195,7 @@ def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device, i
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"the run's length must be an int >= 1, got {steps!r}")
     arch_spec = cfg.arch or task.default_arch
-    arch_parts = [(task.arch_aliases.get(n, n), kw) for n, kw in parse_spec(arch_spec)]
-    for name, kwargs in arch_parts:
-        ARCHS.config(name, kwargs)  # unknown names and options fail here
+    arch_parts = ARCHS.parse(arch_spec, aliases=task.arch_aliases)
     if len(arch_parts) != 1:
         raise ValueError(f"--arch takes one architecture, got {arch_spec!r}")
     arch, arch_kwargs = arch_parts[0]

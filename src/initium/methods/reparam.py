@@ -15,7 +15,7 @@ from torch.nn.utils import parametrizations
 from ..nn.adaptive import AdaptiveActivation
 from ..nn.siren import Sine
 from ._base import METHODS, Method
-from .rwf import factorizable_layers
+from .rwf import select_layers
 
 __all__ = ["ACTIVATIONS", "AdaptiveActivations", "AdaptiveActivationsConfig", "WeightNorm", "WeightNormConfig"]
 
@@ -41,10 +41,7 @@ class WeightNorm(Method):
         self.config = config
 
     def _layers(self, model: nn.Module) -> list[nn.Module]:
-        found = [m for _, m in factorizable_layers(model)]
-        if not found:
-            raise ValueError(f"wn: {type(model).__name__} has no nn.Linear or nn.ConvNd layer to normalise")
-        return found if self.config.output_layer else found[:-1]
+        return [m for _, m in select_layers(model, None, self.config.output_layer, who="wn")]
 
     def validate(self, model: nn.Module, inputs: torch.Tensor | None = None) -> None:
         self._layers(model)

@@ -25,10 +25,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._base import METHODS, Method
+from .classic import weight_layers
 
-__all__ = ["RWF", "RWFConfig", "RowScale", "factorizable_layers", "remove_rwf", "rwf"]
-
-_FACTORIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+__all__ = ["RWF", "RWFConfig", "RowScale", "remove_rwf", "rwf", "select_layers"]
 
 
 class RowScale(nn.Module):
@@ -64,26 +63,32 @@ def _has_rwf(module: nn.Module) -> bool:
     )
 
 
-def factorizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every ``nn.Linear`` / ``nn.Conv1d/2d/3d`` of ``model`` (nested ones too), in module order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, _FACTORIZABLE)]
-
-
-def _select(model: nn.Module, layers: Sequence[str] | None, output_layer: bool) -> list[tuple[str, nn.Module]]:
-    found = factorizable_layers(model)
+def select_layers(
+    model: nn.Module, layers: Sequence[str] | None, output_layer: bool, *, who: str = "rwf"
+) -> list[tuple[str, nn.Module]]:
+    """The ``nn.Linear`` / ``nn.ConvNd`` layers a reparametrisation applies to: those named in
+    ``layers``, else all (the last one only with ``output_layer``); ``who`` names the caller in errors."""
+    found = weight_layers(model)
     if not found:
         kinds = sorted({type(m).__name__ for m in model.modules() if m is not model and not list(m.children())})
         raise ValueError(
-            f"rwf: {type(model).__name__} has no nn.Linear or nn.Conv1d/2d/3d layer to factorise;"
+            f"{who}: {type(model).__name__} has no nn.Linear or nn.Conv1d/2d/3d layer to reparametrise;"
             f" its layers are: {', '.join(kinds) or 'none'}"
         )
     if layers is not None:
         names = dict(found)
         unknown = [n for n in layers if n not in names]
         if unknown:
-            raise ValueError(f"rwf: layers={unknown} are not Linear/Conv layers of the model; use {list(names)}")
+            raise ValueError(f"{who}: layers={unknown} are not Linear/Conv layers of the model; use {list(names)}")
         return [(n, names[n]) for n in layers]
     return found if output_layer else found[:-1]
+
+
+def _check_scales(mean: float, std: float) -> None:
+    if not (math.isfinite(std) and std >= 0):
+        raise ValueError(f"rwf: std must be a finite number >= 0, got {std!r}")
+    if not math.isfinite(mean):
+        raise ValueError(f"rwf: mean must be finite, got {mean!r}")
 
 
 def rwf(
@@ -114,15 +119,12 @@ def rwf(
         ...  # train as usual: the optimiser sees s and V
         initium.remove_rwf(model)  # plain weights again
     """
-    if not (math.isfinite(std) and std >= 0):
-        raise ValueError(f"rwf: std must be a finite number >= 0, got {std!r}")
-    if not math.isfinite(mean):
-        raise ValueError(f"rwf: mean must be finite, got {mean!r}")
-    chosen = _select(model, layers, output_layer)
+    _check_scales(mean, std)
+    chosen = select_layers(model, layers, output_layer)
     done = [name for name, m in chosen if _has_rwf(m)]
     if done:
         raise ValueError(f"rwf: layers {done} are already factorised; call initium.remove_rwf(model) first")
-    order = {id(m): i for i, (_, m) in enumerate(factorizable_layers(model))}
+    order = {id(m): i for i, (_, m) in enumerate(weight_layers(model))}
     for _, module in chosen:
         parametrize.register_parametrization(module, "weight", RowScale(mean, std, seed + order[id(module)]))
     return model
@@ -131,7 +133,7 @@ def rwf(
 def remove_rwf(model: nn.Module) -> nn.Module:
     """Bake every factorised weight back into a plain parameter ``W = diag(exp(s)) V`` (same
     outputs), in place; other parametrizations of the model are left alone."""
-    factorised = [m for _, m in factorizable_layers(model) if _has_rwf(m)]
+    factorised = [m for _, m in weight_layers(model) if _has_rwf(m)]
     if not factorised:
         raise ValueError("remove_rwf: the model has no factorised weight; initium.rwf(model) adds them")
     for module in factorised:
@@ -162,9 +164,8 @@ class RWF(Method):
         self.config = config
 
     def validate(self, model: nn.Module, inputs: torch.Tensor | None = None) -> None:
-        if not (math.isfinite(self.config.std) and self.config.std >= 0):
-            raise ValueError(f"rwf: std must be a finite number >= 0, got {self.config.std!r}")
-        _select(model, None, self.config.output_layer)
+        _check_scales(self.config.mean, self.config.std)
+        select_layers(model, None, self.config.output_layer)
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor | None = None) -> nn.Module:
         c = self.config

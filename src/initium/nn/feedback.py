@@ -307,7 +307,34 @@ class FALinear(FeedbackLayer, nn.Linear):
 
 
 class _FAConvNd(FeedbackLayer):
+    """One constructor for every FA convolution: ``base`` (``nn.Conv1d`` / ``nn.Conv2d``) builds the
+    layer with its own signature, then the feedback matrix is drawn."""
+
     dim: ClassVar[int]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        *,
+        mode: str = "fa",
+        output_dim: int | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.base.__init__(
+            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+        self._check_conv()
+        self._init_feedback(mode, output_dim, generator)
 
     def _check_conv(self) -> None:
         conv: Any = self
@@ -333,57 +360,9 @@ class FAConv1d(_FAConvNd, nn.Conv1d):
     base = nn.Conv1d
     dim = 1
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int],
-        stride: int | tuple[int] = 1,
-        padding: int | tuple[int] = 0,
-        dilation: int | tuple[int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        *,
-        mode: str = "fa",
-        output_dim: int | None = None,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        nn.Conv1d.__init__(
-            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            device=device, dtype=dtype,
-        )  # fmt: skip
-        self._check_conv()
-        self._init_feedback(mode, output_dim, generator)
-
 
 class FAConv2d(_FAConvNd, nn.Conv2d):
     """``nn.Conv2d`` whose backward sends the error through ``B`` (see :class:`FALinear`)."""
 
     base = nn.Conv2d
     dim = 2
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int | tuple[int, int],
-        stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] = 0,
-        dilation: int | tuple[int, int] = 1,
-        groups: int = 1,
-        bias: bool = True,
-        *,
-        mode: str = "fa",
-        output_dim: int | None = None,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        nn.Conv2d.__init__(
-            self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-            device=device, dtype=dtype,
-        )  # fmt: skip
-        self._check_conv()
-        self._init_feedback(mode, output_dim, generator)

@@ -108,4 +108,4 @@ class CT(Task):
         return (self.image(pred).clamp(0, 1) * 255).round().to(torch.uint8)[..., None].cpu()
 
     def reference(self) -> torch.Tensor:
-        return (self.phantom.clamp(0, 1) * 255).round().to(torch.uint8)[..., None].cpu()
+        return self.snapshot(self.phantom.reshape(-1, 1))
