@@ -86,7 +86,8 @@ def _thresholds(records: list[dict[str, Any]]) -> list[str]:
 
 def summarize(records: list[dict[str, Any]]) -> Table:
     """The summary table over seeds (see the module docstring). Checkpoint values and steps to
-    each threshold are read off every record's per-step metric, so records run with other
+    each threshold are read off every record's metric series (every step, or the evaluation steps
+    where the loss does not give the metric), so records run with other
     ``--thresholds`` or before a checkpoint was added still line up."""
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
