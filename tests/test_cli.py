@@ -32,6 +32,7 @@ def _run(tmp_path, *extra):
         (["--image", "/no/such/file.png"], "does not exist"),
         (["--device", "cuda:0"], "CUDA is not available"),
         (["--steps", "0"], "--steps"),
+        (["--precision", "tf32"], "--precision tf32 needs a CUDA device"),
     ],
 )
 def test_bad_input_gives_one_clear_error(tmp_path, capsys, no_training, extra, message):

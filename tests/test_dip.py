@@ -12,7 +12,7 @@ import initium.train
 from initium.cli import main
 from initium.metrics import psnr, psnr_from_mse
 from initium.nn import ARCHS, DIPNet
-from initium.report import write_report
+from initium.report import summarize, write_report
 from initium.runner import RunConfig, run, steps_to
 from initium.tasks import TASKS
 from initium.tasks.dip import DIPSR, DIPDenoise, DIPDenoiseConfig, DIPInpaint, DIPInpaintConfig, DIPSRConfig
@@ -295,3 +295,6 @@ def test_denoising_peak_beats_the_noisy_input(tmp_path):
     assert curve["fit_psnr"][-1] > curve["fit_psnr"][2]  # it fits the noisy image ever closer
     files = write_report(tmp_path)  # the PSNR-vs-step plot per init
     assert files["metric"].name == "psnr.png" and files["metric"].stat().st_size > 0
+    table = summarize([rec])  # the summary shows the peak, not only the last value
+    row = dict(zip(table.columns, table.rows[0], strict=True))
+    assert row["peak_psnr"] == f"{rec['peak_psnr']:.2f}" and row["peak_step"] == str(rec["peak_step"])

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from initium.nn import Siren
 from initium.tasks import grid
@@ -37,8 +41,8 @@ def test_nan_guard_stops_at_an_evaluation_step():
 
     with pytest.raises(TrainingDiverged) as info:
         fit(Bad(), grid(2, 2), torch.zeros(4, 1), steps=50, lr=1e-3, evaluate_at=[10])
-    assert info.value.step == 0  # step 0 is a guard point too
-    assert len(info.value.history) == 1
+    assert info.value.step == 10  # the first evaluation step: the loop reads nothing back before it
+    assert len(info.value.history) == 11
 
 
 def test_progress_hook_sees_every_step():
@@ -64,3 +68,51 @@ def test_compiled_step_matches_eager():
         return fit(Siren(2, 1, hidden=16), coords, target, steps=5, lr=1e-4, compile=compile)
 
     torch.testing.assert_close(run(True), run(False), rtol=1e-4, atol=1e-6)
+
+
+class _HostReads(TorchFunctionMode):
+    """Counts the calls by which code outside PyTorch reads tensor values back to Python or the
+    host (``.item()``, ``bool()``, ``.tolist()``, ``.cpu()`` ...): on a GPU each is a device sync.
+    PyTorch's own reads are left out: the non-fused Adam reads its step counter, which it keeps
+    on the host for exactly that reason."""
+
+    READS = frozenset({"item", "tolist", "numpy", "cpu", "__bool__", "__float__", "__int__", "__index__"})
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.READS:
+            caller = sys._getframe(1).f_code.co_filename
+            self.count += not caller.startswith(os.path.dirname(torch.__file__))
+        return func(*args, **(kwargs or {}))
+
+
+def _reads(fn):
+    with _HostReads() as mode:
+        fn()
+    return mode.count
+
+
+def test_the_loop_reads_values_back_only_at_evaluation_steps():
+    x, y = grid(4, 4), torch.zeros(16, 1)
+
+    def train(steps, evals):
+        return lambda: fit(Siren(2, 1, hidden=8), x, y, steps=steps, lr=1e-3, evaluate_at=evals)
+
+    # two evaluations (one guard read each) and the history's copy at the end, however long the run
+    assert _reads(train(10, [0, 10])) == _reads(train(300, [0, 300])) == 3
+    assert _reads(train(300, [0, 100, 200, 300])) == 5
+
+
+def test_a_sweep_reads_back_per_evaluation_not_per_step(tmp_path):
+    from initium.runner import RunConfig, run
+
+    def sweep(steps, every):
+        cfg = RunConfig(task="regress-1d", out=tmp_path / str(steps), arch="mlp(hidden=16,layers=2)",
+                        methods=("default",), seeds=(0,), steps=steps, eval_every=every)  # fmt: skip
+        return lambda: run(cfg)
+
+    # the same 3 evaluations (0, every, 2 * every) over 4x the steps: the same reads
+    assert _reads(sweep(40, 20)) == _reads(sweep(160, 80))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from .cache import CacheError, InitCache
 from .fa import MODES
 from .methods import METHODS
 from .nn import ARCHS
+from .precision import PRECISIONS
 from .tasks import SAMPLE_IMAGES, TASKS
 
 console = Console(stderr=True)
@@ -107,6 +109,18 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     run.add_argument("--compile", action="store_true", help="torch.compile the training step")
     run.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="arithmetic of the step: fp32, tf32 (CUDA), bf16 autocast (default auto: fp32 on CPU, tf32 on CUDA)",
+    )
+    run.add_argument(
+        "--batch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the runs of one architecture stacked (torch.func.vmap); default: only where measured to pay",
+    )
+    run.add_argument(
         "--thresholds", type=_floats, default=None, help="metric thresholds for 'steps to' (e.g. 25,30,40)"
     )
     run.add_argument("--out", type=Path, required=True, help="output folder (results.jsonl; resumes if it exists)")
@@ -146,6 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = RunConfig(
         task=args.task, out=args.out, arch=args.arch, methods=_split_methods(args.methods), seeds=args.seeds,
         steps=args.steps, lr=args.lr, eval_every=args.eval_every, device=args.device, compile=args.compile,
+        precision=args.precision, batch=args.batch,
         thresholds=args.thresholds, task_options=task_options,
         rules=_split_methods(args.rule) if args.rule else None,
     )  # fmt: skip
@@ -167,7 +182,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             state.update(label=label, current=bar.add_task(label, total=n))
         bar.update(state["current"], completed=done)
         if done == n and label.endswith("train"):
-            bar.advance(state["overall"])
+            stacked = re.match(r"(\d+) runs stacked", label)  # one bar for a stacked group
+            bar.advance(state["overall"], int(stacked[1]) if stacked else 1)
 
     try:
         records = run(cfg, progress=progress)

@@ -99,7 +99,8 @@ def summarize(records: list[dict[str, Any]]) -> Table:
     checkpoints = [c for c in cls.checkpoints if c < steps]
     thresholds = _thresholds(ok)
     columns = ["method", "seeds"] + [f"{metric}@{c}" for c in checkpoints] + [f"{metric}@{steps}"]
-    columns += [f"{cls.step_unit}s→{t}{unit}" for t in thresholds] + ["init+train s"]
+    columns += [f"{cls.step_unit}s→{t}{unit}" for t in thresholds]
+    columns += [name for name, _ in cls.summary_fields] + ["init+train s"]
     rows = []
     for label, runs in group(records).items():
         done = [r for r in runs if r.get("status") == "ok"]
@@ -116,6 +117,7 @@ def summarize(records: list[dict[str, Any]]) -> Table:
             _fmt([steps_to(v, float(t), steps=at, higher_is_better=higher) for at, v in series], ".0f", n)
             for t in thresholds
         ]
+        row += [_fmt([r.get(name) for r in done], spec, n) for name, spec in cls.summary_fields]
         init, train = (float(np.mean([r["wall"][k] for r in done])) for k in ("init_s", "train_s"))
         row.append(f"{init:.1f}+{train:.1f}")
         rows.append(row)

@@ -16,21 +16,26 @@ import math
 import platform
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from . import __version__, fa
+from . import __version__, batched, fa
 from ._io import atomic_write_bytes, atomic_write_text, tensors_to_bytes
 from .methods import create
 from .nn import ARCHS
+from .precision import resolve_precision
 from .tasks import TASKS, Task
 from .train import ProgressFn, TrainingDiverged, progress_hook
 
-__all__ = ["RunConfig", "eval_steps", "load_results", "metric_series", "resolve_device", "run", "steps_to", "value_at"]
+__all__ = [
+    "RunConfig", "batch_default", "eval_steps", "load_results", "metric_series", "resolve_device", "run", "steps_to",
+    "value_at",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
@@ -54,6 +59,8 @@ class RunConfig:
     eval_every: int | None = None
     device: str | None = None
     compile: bool = False
+    precision: str | None = None  # fp32, tf32, bf16; None: the device's default (initium.precision)
+    batch: bool | None = None  # train runs of one architecture stacked; None: where it pays
     thresholds: tuple[float, ...] | None = None  # "steps to" columns; None: the task's own
     task_options: dict[str, Any] = field(default_factory=dict)
     rules: tuple[str, ...] | None = None
@@ -136,6 +143,7 @@ def _identity(rec: dict[str, Any]) -> str:
     """What makes two runs the same run (for resuming)."""
     keys = ("task", "task_config", "arch", "arch_config", "method", "seed", "steps", "lr", "eval_every", "compile")
     ident = {k: rec.get(k) for k in keys}
+    ident["precision"] = rec.get("precision", "fp32")  # records from before --precision were fp32
     ident["rule"] = rec.get("rule", "bp")  # records from before learning rules were backprop
     ident["device"] = rec.get("device") or rec.get("env", {}).get("device")  # older records: in env only
     return json.dumps(ident, sort_keys=True, default=str)
@@ -211,9 +219,27 @@ def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device, i
     return task, arch, arch_kwargs, device, steps, rules
 
 
+def batch_default(task: Task, device: torch.device) -> bool:
+    """Whether ``--batch`` is on when not given: where stacking was measured to pay. On the CPU it
+    does not (one run is already compute-bound: K = 16 SIREN 3x256 runs at 64 px took 1.5x longer
+    stacked than one by one, and 16 runs of the 256-point regress-1d MLP gained only 1.2x;
+    BENCHMARKS.md, "Speed"). No GPU measurement exists yet, so it stays off there too until
+    ``benchmarks/speed.py batch`` shows the gain."""
+    return False
+
+
 def run(cfg: RunConfig, *, progress: ProgressFn | None = None) -> list[dict[str, Any]]:
-    """Train every method x seed of ``cfg`` and return all records in ``cfg.out/results.jsonl``."""
+    """Train every method x seed of ``cfg`` and return all records in ``cfg.out/results.jsonl``.
+
+    With ``cfg.batch`` (default: :func:`batch_default`), the runs that come out of their init with
+    the same architecture, backprop and learning rate train together, stacked
+    (:meth:`Task.fit_batched`); a group in which a run diverges is trained again one by one.
+    """
     task, arch, arch_kwargs, device, steps, rules = _prepare(cfg)
+    prec = resolve_precision(cfg.precision, device)
+    batch = batch_default(task, device) if cfg.batch is None else cfg.batch
+    if batch and not task.batchable:
+        raise ValueError(f"--batch: task {task.name!r} does not train runs stacked; use --no-batch")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     records = load_results(out)
@@ -224,37 +250,85 @@ def run(cfg: RunConfig, *, progress: ProgressFn | None = None) -> list[dict[str,
     evals = eval_steps(steps, cfg.eval_every, task.checkpoints)
     snap_steps = [c for c in task.snapshot_steps if c < steps] + [steps]
     evals = sorted(set(evals) | set(snap_steps))
+    plan = _Plan(cfg, task, arch, arch_kwargs, device, steps, prec, evals, snap_steps, out, progress)
 
+    def save(r: _Run) -> None:
+        nonlocal records
+        rec = _finish(plan, r)
+        records = [x for x in records if _identity(x) != _identity(rec)] + [rec]
+        atomic_write_text(out / RESULTS, "".join(json.dumps(x, sort_keys=True) + "\n" for x in records))
+
+    groups: dict[Any, list[_Run]] = {}
     for spec, rule in zip(cfg.methods, rules, strict=True):
         for seed in cfg.seeds:
-            rec = _run_one(
-                cfg, task, arch, arch_kwargs, device, spec, rule, seed, steps, evals, snap_steps, out, progress, done
-            )
-            if rec is None:
+            r = _start(plan, spec, rule, seed, done)
+            if r is None:
                 continue
-            records = [r for r in records if _identity(r) != _identity(rec)] + [rec]
-            atomic_write_text(out / RESULTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+            if r.status == "ok" and batch and rule == "bp":
+                groups.setdefault((batched.signature(r.model), r.rec["lr"]), []).append(r)
+            else:
+                if r.status == "ok":
+                    _train(plan, r)
+                save(r)
+    for group in groups.values():
+        if len(group) > 1:
+            _train_group(plan, group)
+        for r in group:
+            if r.history is None:  # a group of one, or one that diverged: one by one
+                _train(plan, r)
+            save(r)
     return records
 
 
-def _run_one(
-    cfg: RunConfig,
-    task: Task,
-    arch: str,
-    arch_kwargs: dict[str, Any],
-    device: torch.device,
-    spec: str,
-    rule: str,
-    seed: int,
-    steps: int,
-    evals: list[int],
-    snap_steps: list[int],
-    out: Path,
-    progress: ProgressFn | None,
-    done: set[str],
-) -> dict[str, Any] | None:
+@dataclass
+class _Plan:
+    """What every run of a sweep shares."""
+
+    cfg: RunConfig
+    task: Task
+    arch: str
+    arch_kwargs: dict[str, Any]
+    device: torch.device
+    steps: int
+    precision: str
+    evals: list[int]
+    snap_steps: list[int]
+    out: Path
+    progress: ProgressFn | None
+
+
+@dataclass
+class _Run:
+    """One method x seed: its record so far, its model, and what its training produces."""
+
+    rec: dict[str, Any]
+    model: nn.Module
+    method: Any
+    init_s: float = 0.0
+    train_s: float = 0.0
+    status: str = "ok"
+    history: torch.Tensor | None = None
+    curve: dict[str, list[Any]] = field(default_factory=lambda: {"step": []})
+    snaps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _label(r: _Run) -> str:
+    return f"{r.rec['method']} · seed {r.rec['seed']}"
+
+
+def _reporter(plan: _Plan, label: str) -> ProgressFn:
+    def report(phase: str, k: int, n: int) -> None:
+        if plan.progress is not None:
+            plan.progress(f"{label} · {phase}", k, n)
+
+    return report
+
+
+def _start(plan: _Plan, spec: str, rule: str, seed: int, done: set[str]) -> _Run | None:
+    """Build and initialise one run's model (``None`` if it is already in the results)."""
+    cfg, task, device = plan.cfg, plan.task, plan.device
     torch.manual_seed(seed)  # the architecture's own init draws from here
-    model = task.build_model(arch, arch_kwargs).to(device)
+    model = task.build_model(plan.arch, plan.arch_kwargs).to(device)
     if rule != "bp":  # B is drawn from its own generator: the weights match the bp run's
         model = fa.convert(model, rule, seed=seed)
     lr = cfg.lr if cfg.lr is not None else task.default_lr(model)
@@ -262,62 +336,106 @@ def _run_one(
     rec: dict[str, Any] = {
         "task": task.name,
         "task_config": task.describe(),
-        "arch": arch,
+        "arch": plan.arch,
         "arch_spec": cfg.arch or task.default_arch,
-        "arch_config": getattr(model, "config", arch_kwargs),
+        "arch_config": getattr(model, "config", plan.arch_kwargs),
         "method": spec,
         "method_config": method.describe(),
         "rule": rule,
         "seed": seed,
-        "steps": steps,
+        "steps": plan.steps,
         "step_unit": task.step_unit,
         "lr": lr,
         "eval_every": cfg.eval_every,
         "compile": cfg.compile,
+        "precision": plan.precision,
         "device": str(device),
     }
     if _identity(rec) in done:
         log.info("skipping %s seed %d: already in %s", spec, seed, RESULTS)
         return None
-
-    def report(phase: str, k: int, n: int) -> None:
-        if progress is not None:
-            progress(f"{spec} · seed {seed} · {phase}", k, n)
-
-    curve: dict[str, list[float]] = {"step": []}
-    snaps: dict[str, torch.Tensor] = {}
-
-    def on_eval(step: int, pred: torch.Tensor) -> None:
-        curve["step"].append(step)
-        with torch.no_grad():
-            values = task.evaluate(pred) | task.evaluate_model(model)
-        for name, value in values.items():
-            curve.setdefault(name, []).append(value if math.isfinite(value) else None)
-        if step in snap_steps and (img := task.snapshot(pred)) is not None:
-            snaps[f"step_{step}"] = img
-
-    status, history, phase, analysis = "ok", torch.empty(0), "init", {}
-    with progress_hook(report):
+    r = _Run(rec, model, method)
+    with progress_hook(_reporter(plan, _label(r))):
         _sync(device)
-        t0 = t1 = time.perf_counter()
+        t0 = time.perf_counter()
         try:
             method(model, task.inputs)
-            _sync(device)
-            t1, phase = time.perf_counter(), "training"
-            history = task.fit(model, steps=steps, lr=lr, evaluate_at=evals, on_eval=on_eval, compile=cfg.compile)
-            analysis = task.analyse(model)
         except TrainingDiverged as exc:  # one failed run must not end the sweep
-            status = f"diverged in {phase} at step {exc.step}"
-            history = exc.history if phase == "training" else history
+            r.status = f"diverged in init at step {exc.step}"
         _sync(device)
-        t2 = time.perf_counter()
+        r.init_s = time.perf_counter() - t0
+    return r
 
+
+def _on_eval(plan: _Plan, r: _Run) -> Callable[[int, torch.Tensor], None]:
+    task = plan.task
+
+    def on_eval(step: int, pred: torch.Tensor) -> None:
+        r.curve["step"].append(step)
+        with torch.no_grad():
+            values = task.evaluate(pred) | task.evaluate_model(r.model)
+        for name, value in values.items():
+            r.curve.setdefault(name, []).append(value if math.isfinite(value) else None)
+        if step in plan.snap_steps and (img := task.snapshot(pred)) is not None:
+            r.snaps[f"step_{step}"] = img
+
+    return on_eval
+
+
+def _train(plan: _Plan, r: _Run) -> None:
+    """Train one run on its own."""
+    r.curve, r.snaps = {"step": []}, {}
+    with progress_hook(_reporter(plan, _label(r))):
+        _sync(plan.device)
+        t0 = time.perf_counter()
+        try:
+            r.history = plan.task.fit(
+                r.model, steps=plan.steps, lr=r.rec["lr"], evaluate_at=plan.evals, on_eval=_on_eval(plan, r),
+                compile=plan.cfg.compile, precision=plan.precision,
+            )  # fmt: skip
+            r.rec["analysis"] = plan.task.analyse(r.model)
+        except TrainingDiverged as exc:  # one failed run must not end the sweep
+            r.status, r.history = f"diverged in training at step {exc.step}", exc.history
+        _sync(plan.device)
+        r.train_s = time.perf_counter() - t0
+    r.rec["batched"] = 1
+
+
+def _train_group(plan: _Plan, group: list[_Run]) -> None:
+    """Train runs of one architecture stacked; if one diverges, leave all for one-by-one training,
+    from their initial weights."""
+    initial = [copy.deepcopy(r.model.state_dict()) for r in group]
+    with progress_hook(_reporter(plan, f"{len(group)} runs stacked")):
+        _sync(plan.device)
+        t0 = time.perf_counter()
+        try:
+            history = plan.task.fit_batched(
+                [r.model for r in group], steps=plan.steps, lr=group[0].rec["lr"], evaluate_at=plan.evals,
+                on_eval=[_on_eval(plan, r) for r in group], compile=plan.cfg.compile, precision=plan.precision,
+            )  # fmt: skip
+        except TrainingDiverged as exc:
+            log.warning("a stacked run diverged at step %d: training the %d runs one by one", exc.step, len(group))
+            for r, state in zip(group, initial, strict=True):
+                r.model.load_state_dict(state)
+            return
+        _sync(plan.device)
+        elapsed = time.perf_counter() - t0
+    for k, r in enumerate(group):
+        r.history, r.train_s = history[:, k], elapsed / len(group)  # the group's time, shared out
+        r.rec["batched"] = len(group)
+        r.rec["analysis"] = plan.task.analyse(r.model)
+
+
+def _finish(plan: _Plan, r: _Run) -> dict[str, Any]:
+    """The run's full record (metrics, steps-to, timings); snapshots are written beside it."""
+    task, rec, steps = plan.task, r.rec, plan.steps
+    history = r.history if r.history is not None else torch.empty(0)
     per_step = task.step_metric(history)
     every = None
     if per_step is not None:
         every = [round(float(v), 4) if math.isfinite(v) else None for v in per_step.tolist()]
         every += [None] * (steps + 1 - len(every))  # a diverged run stops early
-    rec.update(status=status, metric=task.metric, higher_is_better=task.higher_is_better, curve=curve)
+    rec.update(status=r.status, metric=task.metric, higher_is_better=task.higher_is_better, curve=r.curve)
     rec["metric_every_step"] = every
     at, values = metric_series(rec)
     better = task.higher_is_better
@@ -325,21 +443,23 @@ def _run_one(
         at_step={str(c): value_at(at, values, c) for c in task.checkpoints if c <= steps}
         | {"final": value_at(at, values, steps)},
         steps_to={
-            f"{t:g}": steps_to(values, t, steps=at, higher_is_better=better) for t in cfg.thresholds or task.thresholds
+            f"{t:g}": steps_to(values, t, steps=at, higher_is_better=better)
+            for t in plan.cfg.thresholds or task.thresholds
         },
-        wall={"init_s": t1 - t0, "train_s": t2 - t1},
-        method_info=method.info,
-        analysis=analysis,
-        env=_environment(device),
+        wall={"init_s": r.init_s, "train_s": r.train_s},
+        method_info=r.method.info,
+        env=_environment(plan.device),
     )
-    extra = task.summarize_run(curve)
+    rec.setdefault("analysis", {})
+    extra = task.summarize_run(r.curve)
     if clash := sorted(extra.keys() & rec.keys()):
         raise ValueError(f"task {task.name!r}: summarize_run() returns fields the runner sets: {clash}")
     rec.update(extra)
     rec = json.loads(json.dumps(rec))  # exactly what results.jsonl holds (tuples become lists)
-    if snaps:
+    if r.snaps:
+        spec, seed = rec["method"], rec["seed"]
         # readable, and unique even where two specs slug alike
         name = re.sub(r"[^A-Za-z0-9._=-]+", "_", spec) + f"_{hashlib.sha1(spec.encode()).hexdigest()[:6]}_seed{seed}"
         rec["snapshots"] = f"snapshots/{name}.safetensors"
-        atomic_write_bytes(out / rec["snapshots"], tensors_to_bytes(snaps))
+        atomic_write_bytes(plan.out / rec["snapshots"], tensors_to_bytes(r.snaps))
     return rec

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from .. import train
+from .. import batched, train
 from .._registry import Registry
 
 __all__ = ["TASKS", "Task", "grid"]
@@ -45,8 +45,12 @@ class Task:
     thresholds: ClassVar[tuple[float, ...]] = ()  # "steps to reach" columns of the summary
     checkpoints: ClassVar[tuple[int, ...]] = ()  # "metric at step" columns of the summary
     snapshot_steps: ClassVar[tuple[int, ...]] = ()  # steps whose predictions the report shows
+    summary_fields: ClassVar[tuple[tuple[str, str], ...]] = ()  # (record field, format): more table columns
     step_unit: ClassVar[str] = "step"  # what one step of the curves is ("epoch" for minibatch tasks)
     default_steps: ClassVar[int] = 2000
+    # runs of one architecture can train together (stacked parameters under torch.func.vmap): the
+    # step is the default forward_loss (no autograd inside it) and the default fit
+    batchable: ClassVar[bool] = True
 
     config: Any
     inputs: torch.Tensor
@@ -86,6 +90,7 @@ class Task:
         evaluate_at: Collection[int] = (),
         on_eval: Callable[[int, torch.Tensor], None] | None = None,
         compile: bool = False,
+        precision: str = "fp32",
     ) -> torch.Tensor:
         """Train ``model`` for ``steps`` steps (the task's :attr:`step_unit`) and return the loss
         history, ``steps + 1`` values on the CPU; call ``on_eval(step, prediction at the training
@@ -94,7 +99,28 @@ class Task:
         training scheme (minibatch epochs) overrides this."""
         return train.fit(
             model, self.inputs, self.target, steps=steps, lr=lr, forward_loss=self.forward_loss,
-            lr_decay=self.lr_decay, evaluate_at=evaluate_at, on_eval=on_eval, compile=compile,
+            lr_decay=self.lr_decay, evaluate_at=evaluate_at, on_eval=on_eval, compile=compile, precision=precision,
+        )  # fmt: skip
+
+    def fit_batched(
+        self,
+        models: Sequence[nn.Module],
+        *,
+        steps: int,
+        lr: float,
+        evaluate_at: Collection[int] = (),
+        on_eval: Sequence[Callable[[int, torch.Tensor], None]] | None = None,
+        compile: bool = False,
+        precision: str = "fp32",
+    ) -> torch.Tensor:
+        """:meth:`fit` for several models of one architecture at once (stacked parameters,
+        :func:`initium.batched.fit_batched`); the history is ``(steps + 1, len(models))``. Only for
+        tasks with :attr:`batchable` set."""
+        if not self.batchable:
+            raise ValueError(f"task {self.name!r} does not train runs batched; use --no-batch")
+        return batched.fit_batched(
+            models, self.inputs, self.target, steps=steps, lr=lr, loss_fn=self.loss, lr_decay=self.lr_decay,
+            evaluate_at=evaluate_at, on_eval=on_eval, compile=compile, precision=precision,
         )  # fmt: skip
 
     def check_model(self, model: nn.Module, arch: str) -> None:

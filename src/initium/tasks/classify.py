@@ -106,6 +106,7 @@ def ood_sets(x: torch.Tensor, dataset: str, seed: int = 0) -> dict[str, torch.Te
 class Classify(Task):
     """Classify digits (8x8 images) or MNIST-1D signals: minibatch SGD with momentum, epochs."""
 
+    batchable = False  # minibatch epochs, its own fit
     name = "classify"
     metric = "test_acc"
     unit = ""
@@ -210,11 +211,14 @@ class Classify(Task):
         evaluate_at: Collection[int] = (),
         on_eval: Callable[[int, torch.Tensor], None] | None = None,
         compile: bool = False,
+        precision: str = "fp32",
     ) -> torch.Tensor:
         """``steps`` epochs of minibatch SGD with momentum on the cross-entropy; ``history[k]`` is
         the training-set loss after ``k`` epochs."""
         if compile:
             raise ValueError("classify does not support --compile (its minibatch loop is not compiled)")
+        if precision != "fp32":
+            raise ValueError(f"classify trains in fp32 only; drop --precision {precision}")
         self._lr = lr  # the adaptation phase of analyse() trains at the run's rate
         opt = self._optimizer(model, lr)
         history = torch.empty(steps + 1)

@@ -93,11 +93,14 @@ class DIPInpaintConfig(DIPConfig):
 class _DIPTask(Task):
     """What the three restorations share: data, latent, net, EMA + jitter, metrics, run summary."""
 
+    # BatchNorm running statistics, per-step latent jitter and an output average per model
+    batchable: ClassVar[bool] = False
     metric: ClassVar[str] = "psnr"
     unit: ClassVar[str] = "dB"
     default_arch: ClassVar[str] = "dip"
     checkpoints: ClassVar[tuple[int, ...]] = (100, 500, 1000, 2000)
     snapshot_steps: ClassVar[tuple[int, ...]] = (100, 500, 1000)
+    summary_fields: ClassVar[tuple[tuple[str, str], ...]] = (("peak_psnr", ".2f"), ("peak_step", ".0f"))
 
     config: DIPConfig
 

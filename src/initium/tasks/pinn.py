@@ -43,6 +43,7 @@ class Advection(Task):
     """Loss = mean residual^2 + mean initial-condition error^2 + mean periodic-edge mismatch^2
     (all weights 1, the plain PINN); metric = relative L2 error against ``sin(x - c t)``."""
 
+    batchable = False  # its residual takes autograd derivatives inside the step, which vmap cannot batch
     name = "pinn-advection"
     metric = "rel_l2"
     higher_is_better = False
