@@ -80,6 +80,13 @@ def test_runner_batch_matches_one_by_one(tmp_path):
     assert {k: r["batched"] for k, r in again.items()} == {k: 1 for k in alone}
 
 
+def test_bad_arguments_fail_before_training():
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        fit_batched([_siren(0), _siren(1)], grid(4, 4), torch.zeros(16, 1), steps=1, lr=0.0)
+    with pytest.raises(ValueError, match="target has 1 tensors for 2 models"):
+        fit_batched([_siren(0), _siren(1)], grid(4, 4), [torch.zeros(16, 1)], steps=1, lr=1e-3)
+
+
 def test_models_of_different_structure_do_not_stack():
     with pytest.raises(ValueError, match="model 1 differs"):
         fit_batched([_siren(0), initium.rwf(_siren(1))], grid(4, 4), torch.zeros(16, 1), steps=1, lr=1e-3)

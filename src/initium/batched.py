@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import precision as _precision
-from .train import ForwardLoss, adam, loop, mse
+from .train import ForwardLoss, adam, check_fit_args, loop, mse
 
 __all__ = ["fit_batched", "signature"]
 
@@ -93,8 +93,7 @@ def fit_batched(
             raise ValueError(f"model {k} differs from model 0 in structure; only runs of one architecture stack")
     if on_eval is not None and len(on_eval) != len(models):
         raise ValueError(f"on_eval has {len(on_eval)} callbacks for {len(models)} models")
-    if precision not in _precision.PRECISIONS:
-        raise ValueError(f"precision must be one of {_precision.PRECISIONS}, got {precision!r}")
+    check_fit_args(steps=steps, lr=lr, lr_decay=lr_decay, precision=precision)
     per_run = not isinstance(target, torch.Tensor)
     if per_run and len(target) != len(models):
         raise ValueError(f"target has {len(target)} tensors for {len(models)} models")

@@ -19,7 +19,10 @@ from torch import nn
 
 from . import precision as _precision
 
-__all__ = ["ForwardLoss", "ProgressFn", "StepFn", "TrainingDiverged", "adam", "fit", "loop", "mse", "progress_hook"]
+__all__ = [
+    "ForwardLoss", "ProgressFn", "StepFn", "TrainingDiverged", "adam", "check_fit_args", "fit", "loop", "mse",
+    "progress_hook",
+]  # fmt: skip
 
 ProgressFn = Callable[[str, int, int], None]
 """``progress(phase, done, total)``: called after every step; set by the CLI, never printed here."""
@@ -82,14 +85,7 @@ def fit(
     :mod:`initium.precision`) sets its arithmetic. The NaN guard reads the loss back at the
     evaluation steps and at the end; nowhere else.
     """
-    if not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr!r}")
-    if precision not in _precision.PRECISIONS:
-        raise ValueError(f"precision must be one of {_precision.PRECISIONS}, got {precision!r}")
-    if lr_decay is not None and not (0 < lr_decay[0] <= 1 and isinstance(lr_decay[1], int) and lr_decay[1] >= 1):
-        raise ValueError(f"lr_decay must be (gamma in (0, 1], every >= 1), got {lr_decay!r}")
+    check_fit_args(steps=steps, lr=lr, lr_decay=lr_decay, precision=precision)
     target_at = target if callable(target) else (lambda _step: target)
 
     def step_loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +102,18 @@ def fit(
     with _precision.matmul_precision(precision):
         return loop(step_fn, step_loss, inputs, target_at, opt, steps=steps, lr_decay=lr_decay,
                     evaluate_at=evaluate_at, on_eval=on_eval, phase=phase)  # fmt: skip
+
+
+def check_fit_args(*, steps: int, lr: float, lr_decay: tuple[float, int] | None, precision: str) -> None:
+    """The checks :func:`fit` and :func:`initium.batched.fit_batched` share, before any work."""
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if precision not in _precision.PRECISIONS:
+        raise ValueError(f"precision must be one of {_precision.PRECISIONS}, got {precision!r}")
+    if lr_decay is not None and not (0 < lr_decay[0] <= 1 and isinstance(lr_decay[1], int) and lr_decay[1] >= 1):
+        raise ValueError(f"lr_decay must be (gamma in (0, 1], every >= 1), got {lr_decay!r}")
 
 
 def adam(params: list[torch.Tensor], lr: float) -> torch.optim.Adam:
