@@ -80,6 +80,27 @@ def test_runner_batch_matches_one_by_one(tmp_path):
     assert {k: r["batched"] for k, r in again.items()} == {k: 1 for k in alone}
 
 
+@pytest.mark.parametrize(
+    ("task", "arch", "options"),
+    [
+        ("ct", "fourier(hidden=32,layers=2,features=32)", {"size": 33, "angles": 8}),  # loss through a projection
+        ("shape-3d", "fourier(hidden=32,layers=2,features=32)", {"points": 512, "test_points": 512}),
+        ("deeponet-antiderivative", "deeponet(hidden=32)", {"functions": 50}),
+        ("regress-1d", "mlp(hidden=16,layers=2)", {}),
+    ],
+)
+def test_every_batchable_task_stacks_to_the_same_metric(tmp_path, task, arch, options):
+    def sweep(batch):
+        cfg = RunConfig(task=task, out=tmp_path / str(batch), arch=arch, methods=("default",), seeds=(0, 1),
+                        steps=20, batch=batch, task_options=options)  # fmt: skip
+        return run(cfg)
+
+    for alone, stacked in zip(sweep(False), sweep(True), strict=True):
+        assert stacked["batched"] == 2
+        metric = alone["metric"]
+        assert stacked["curve"][metric] == pytest.approx(alone["curve"][metric], rel=1e-4, abs=1e-6)
+
+
 def test_bad_arguments_fail_before_training():
     with pytest.raises(ValueError, match="lr must be > 0"):
         fit_batched([_siren(0), _siren(1)], grid(4, 4), torch.zeros(16, 1), steps=1, lr=0.0)

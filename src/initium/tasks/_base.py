@@ -119,8 +119,8 @@ class Task:
         if not self.batchable:
             raise ValueError(f"task {self.name!r} does not train runs batched; use --no-batch")
         return batched.fit_batched(
-            models, self.inputs, self.target, steps=steps, lr=lr, loss_fn=self.loss, lr_decay=self.lr_decay,
-            evaluate_at=evaluate_at, on_eval=on_eval, compile=compile, precision=precision,
+            models, self.inputs, self.target, steps=steps, lr=lr, forward_loss=self.forward_loss,
+            lr_decay=self.lr_decay, evaluate_at=evaluate_at, on_eval=on_eval, compile=compile, precision=precision,
         )  # fmt: skip
 
     def check_model(self, model: nn.Module, arch: str) -> None:
