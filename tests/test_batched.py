@@ -113,6 +113,9 @@ def test_models_of_different_structure_do_not_stack():
         fit_batched([_siren(0), initium.rwf(_siren(1))], grid(4, 4), torch.zeros(16, 1), steps=1, lr=1e-3)
     with pytest.raises(ValueError, match="model 1 differs"):
         fit_batched([MLP(2, 1, hidden=8), MLP(2, 1, hidden=16)], grid(4, 4), torch.zeros(16, 1), steps=1, lr=1e-3)
+    # same tensors, different settings in plain attributes (a sine's w0): stacking would train both with w0=30
+    with pytest.raises(ValueError, match="model 1 differs"):
+        fit_batched([_siren(0), _siren(1, w0=10.0)], grid(4, 4), torch.zeros(16, 1), steps=1, lr=1e-3)
 
 
 def test_batch_on_a_task_that_cannot_stack_says_no_batch(tmp_path):

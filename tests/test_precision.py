@@ -15,6 +15,17 @@ def test_auto_is_fp32_on_cpu_and_tf32_on_cuda():
     assert resolve_precision(None, torch.device("cpu")) == "fp32"
     assert resolve_precision("auto", torch.device("cuda")) == "tf32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    assert resolve_precision("auto", torch.device("cuda"), supported=("fp32",)) == "fp32"  # e.g. classify
+
+
+def test_a_task_refuses_a_precision_it_does_not_honour(tmp_path):
+    from initium.runner import RunConfig, run
+
+    cfg = RunConfig(task="classify", out=tmp_path, arch="mlp(hidden=(8,))", methods=("default",), seeds=(0,),
+                    precision="bf16", task_options={"epochs": 1})  # fmt: skip
+    with pytest.raises(ValueError, match="task 'classify' trains in fp32 only"):
+        run(cfg)
+    assert not (tmp_path / "results.jsonl").exists()
 
 
 @pytest.mark.parametrize(("name", "message"), [("tf32", "needs a CUDA device"), ("fp16", "is not one of")])

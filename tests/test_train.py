@@ -41,8 +41,8 @@ def test_nan_guard_stops_at_an_evaluation_step():
 
     with pytest.raises(TrainingDiverged) as info:
         fit(Bad(), grid(2, 2), torch.zeros(4, 1), steps=50, lr=1e-3, evaluate_at=[10])
-    assert info.value.step == 10  # the first evaluation step: the loop reads nothing back before it
-    assert len(info.value.history) == 11
+    assert info.value.step == 0  # the first non-finite loss ...
+    assert len(info.value.history) == 11  # ... found at the first evaluation: nothing is read back before it
 
 
 def test_progress_hook_sees_every_step():

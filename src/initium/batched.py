@@ -29,10 +29,17 @@ __all__ = ["fit_batched", "signature"]
 
 
 def signature(model: nn.Module) -> tuple[Any, ...]:
-    """What must agree for two models to train stacked: module types, parameter and buffer names,
-    shapes, dtypes and devices (and which parameters are frozen)."""
+    """What must agree for two models to train stacked: module types and their settings (as
+    ``extra_repr`` shows them: a sine's ``w0``, an adaptive activation's ``scale``, which live in
+    plain attributes that stacking cannot carry per run), parameter and buffer names, shapes, dtypes
+    and devices (and which parameters are frozen). A module whose settings act only when it is
+    set up (RWF's ``RowScale``: its seed draws ``s`` once) says so with ``init_only_settings = True``.
+    """
     return (
-        tuple(type(m).__name__ for m in model.modules()),
+        tuple(
+            (type(m).__name__, "" if getattr(m, "init_only_settings", False) else m.extra_repr())
+            for m in model.modules()
+        ),
         tuple((n, tuple(p.shape), p.dtype, str(p.device), p.requires_grad) for n, p in model.named_parameters()),
         tuple((n, tuple(b.shape), b.dtype, str(b.device)) for n, b in model.named_buffers()),
     )

@@ -143,7 +143,8 @@ def _identity(rec: dict[str, Any]) -> str:
     """What makes two runs the same run (for resuming)."""
     keys = ("task", "task_config", "arch", "arch_config", "method", "seed", "steps", "lr", "eval_every", "compile")
     ident = {k: rec.get(k) for k in keys}
-    ident["precision"] = rec.get("precision", "fp32")  # records from before --precision were fp32
+    # records from before --precision: fp32 matmuls (on CUDA, convolutions then took cuDNN's TF32 default)
+    ident["precision"] = rec.get("precision", "fp32")
     ident["rule"] = rec.get("rule", "bp")  # records from before learning rules were backprop
     ident["device"] = rec.get("device") or rec.get("env", {}).get("device")  # older records: in env only
     return json.dumps(ident, sort_keys=True, default=str)
@@ -236,7 +237,7 @@ def run(cfg: RunConfig, *, progress: ProgressFn | None = None) -> list[dict[str,
     (:meth:`Task.fit_batched`); a group in which a run diverges is trained again one by one.
     """
     task, arch, arch_kwargs, device, steps, rules = _prepare(cfg)
-    prec = resolve_precision(cfg.precision, device)
+    prec = resolve_precision(cfg.precision, device, task.precisions, f"task {task.name!r}")
     batch = batch_default(task, device) if cfg.batch is None else cfg.batch
     if batch and not task.batchable:
         raise ValueError(f"--batch: task {task.name!r} does not train runs stacked; use --no-batch")
@@ -418,12 +419,13 @@ def _train_group(plan: _Plan, group: list[_Run]) -> None:
             for r, state in zip(group, initial, strict=True):
                 r.model.load_state_dict(state)
             return
+        for r in group:  # inside the timer, as in one-by-one training
+            r.rec["analysis"] = plan.task.analyse(r.model)
         _sync(plan.device)
         elapsed = time.perf_counter() - t0
     for k, r in enumerate(group):
         r.history, r.train_s = history[:, k], elapsed / len(group)  # the group's time, shared out
         r.rec["batched"] = len(group)
-        r.rec["analysis"] = plan.task.analyse(r.model)
 
 
 def _finish(plan: _Plan, r: _Run) -> dict[str, Any]:

@@ -47,7 +47,8 @@ def progress_hook(fn: ProgressFn | None) -> Iterator[None]:
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; ``step`` is the first evaluation step that saw it."""
+    """The loss became NaN or infinite; ``step`` is the first step whose loss was (found at the
+    next evaluation step, where ``history`` ends)."""
 
     def __init__(self, step: int, history: torch.Tensor) -> None:
         super().__init__(f"loss is not finite at step {step}; lower the learning rate")
@@ -159,7 +160,9 @@ def loop(
         history[step] = loss.detach()
         if step in evals or step == steps:
             if not bool(torch.isfinite(history[step]).all()):  # the loop's one host sync, at evaluations only
-                raise TrainingDiverged(step, history[: step + 1].cpu())
+                seen = history[: step + 1].cpu()
+                bad = ~torch.isfinite(seen.reshape(step + 1, -1)).all(dim=1)
+                raise TrainingDiverged(int(bad.nonzero()[0]), seen)
             if on_eval is not None and step in evals:
                 on_eval(step, pred.detach())
         if step == steps:

@@ -37,6 +37,8 @@ class RowScale(nn.Module):
     ``(s, W / exp(s))``; PyTorch calls it when the parametrization is registered.
     """
 
+    init_only_settings = True  # mean, std, seed act in right_inverse only: runs that differ in them stack
+
     def __init__(self, mean: float, std: float, seed: int) -> None:
         super().__init__()
         self.mean, self.std, self.seed = float(mean), float(std), int(seed)

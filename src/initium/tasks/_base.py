@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import batched, train
 from .._registry import Registry
+from ..precision import PRECISIONS
 
 __all__ = ["TASKS", "Task", "grid"]
 
@@ -51,6 +52,7 @@ class Task:
     # runs of one architecture can train together (stacked parameters under torch.func.vmap): the
     # step is the default forward_loss (no autograd inside it) and the default fit
     batchable: ClassVar[bool] = True
+    precisions: ClassVar[tuple[str, ...]] = PRECISIONS  # the --precision values its fit honours
 
     config: Any
     inputs: torch.Tensor

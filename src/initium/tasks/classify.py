@@ -107,6 +107,7 @@ class Classify(Task):
     """Classify digits (8x8 images) or MNIST-1D signals: minibatch SGD with momentum, epochs."""
 
     batchable = False  # minibatch epochs, its own fit
+    precisions = ("fp32",)  # its minibatch loop has no autocast
     name = "classify"
     metric = "test_acc"
     unit = ""
