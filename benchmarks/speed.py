@@ -1,15 +1,17 @@
 """Speed of the training step, side by side in one run (ratios are what to compare).
 
-    python benchmarks/speed.py step    [--sizes 256,512] [--repeats 5]   # ms per step, vs siren-pytorch
+    python benchmarks/speed.py step    [--sizes 256,512] [--repeats 5] [--arch siren|fourier|dip]  # ms per step
     python benchmarks/speed.py batch   [--sizes 64,256] [--ks 1,4,16]    # K runs stacked vs one by one
     python benchmarks/speed.py curves  [--size 128] [--steps 1000] [--image camera]  # fp32 vs fast PSNR
-    python benchmarks/speed.py profile [--size 256]                       # where the fast step's time goes
+    python benchmarks/speed.py profile [--size 256] [--arch siren|fourier|dip]  # where the fast step's time goes
 
-Model: SIREN 3x256 fitting the bundled ``camera`` image (resized), full batch, Adam 1e-4.
+Model: SIREN 3x256 fitting the bundled ``camera`` image (resized), full batch, Adam 1e-4; ``step
+--arch fourier`` times Tancik et al.'s FourierMLP 4x256 (Adam 1e-3) on the same problem, ``--arch
+dip`` the paper's 5x128 DIP net mapping its latent to the noisy image (Adam 1e-2).
 
 - ``step``: the naive step (a tutorial loop: default Adam, ``loss.item()`` every step), initium's
   default (``train.fit`` at ``--precision auto``), each precision with and without
-  ``torch.compile``, and ``siren-pytorch``'s ``SirenNet`` of the same size in the naive loop. The
+  ``torch.compile``, and (for SIREN) ``siren-pytorch``'s ``SirenNet`` of the same size in the naive loop. The
   floor is the step's FLOPs (counted by ``torch.utils.flop_counter``) at the device's measured
   matmul rate (a large GEMM in the step's dtype).
 - ``batch``: K runs (seeds) of one architecture, ``initium.batched.fit_batched`` against K calls
@@ -35,7 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from initium import batched, precision, train
 from initium.metrics import psnr_from_mse
-from initium.nn import MLP, Siren
+from initium.nn import MLP, DIPNet, FourierMLP, Siren
 from initium.tasks import TASKS
 
 log = logging.getLogger("speed")
@@ -57,6 +59,36 @@ def _siren(seed: int, device: torch.device) -> nn.Module:
     return Siren(2, 1, hidden=256, layers=3).to(device)
 
 
+# The models ``step`` times: (seeded constructor, lr). SIREN 3x256 is the issue's probe model;
+# FourierMLP is Tancik et al.'s 4x256 with 256 features; DIP is the paper's 5x128 skip net.
+STEP_ARCHS: dict[str, tuple[Callable[[], nn.Module], float]] = {
+    "siren": (lambda: Siren(2, 1, hidden=256, layers=3), 1e-4),
+    "fourier": (lambda: FourierMLP(2, 1, hidden=256, layers=4), 1e-3),
+    "dip": (lambda: DIPNet(), 1e-2),
+}
+
+Problem = tuple[Callable[[int], nn.Module], torch.Tensor, torch.Tensor, float]
+
+
+def _problem(arch: str, size: int, device: torch.device) -> Problem:
+    """A seeded model constructor, the inputs, the target and the lr of one ``step`` problem. The
+    coordinate nets fit the gray image at every pixel; the DIP net maps its fixed latent to the
+    noisy RGB image (the ``dip-denoise`` task's plain MSE step: its input jitter and output EMA,
+    two elementwise passes, are left out)."""
+    build, lr = STEP_ARCHS[arch]
+
+    def make(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return build().to(device)
+
+    if arch == "dip":
+        task = TASKS.build("dip-denoise", {"image": "astronaut", "size": size})
+        task.setup(device)
+        return make, task.inputs, task.target, lr
+    x, y = _image(size, device)
+    return make, x, y, lr
+
+
 def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
     """Median seconds of ``fn`` over ``repeats`` calls, after one warm-up call."""
     fn()
@@ -70,9 +102,9 @@ def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> floa
     return sorted(times)[len(times) // 2]
 
 
-def _naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[int], object]:
+def _naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 1e-4) -> Callable[[int], object]:
     """The loop most users write: default Adam, and the loss read back every step."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
 
     def run(steps: int) -> list[float]:
         losses = []
@@ -116,13 +148,11 @@ def _device_name(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def step(device: torch.device, sizes: list[int], repeats: int, steps: int) -> str:
-    import siren_pytorch  # the bench extra
-
+def step(device: torch.device, sizes: list[int], repeats: int, steps: int, arch: str = "siren") -> str:
     precisions = ["fp32", "bf16"] + (["tf32"] if device.type == "cuda" else [])
     default = precision.resolve_precision(None, device)
     lines = [
-        f"Device: {_device_name(device)}; torch {torch.__version__}. ms per step"
+        f"Device: {_device_name(device)}; torch {torch.__version__}; {arch}. ms per step"
         f" ((T(2n) - T(n)) / n, n = {steps}, medians of {repeats}).",
         "",
         "| setting | " + " | ".join(f"{s} px" for s in sizes) + " | "
@@ -132,18 +162,20 @@ def step(device: torch.device, sizes: list[int], repeats: int, steps: int) -> st
     rows: dict[str, list[float]] = {}
     floors: dict[torch.dtype, list[float]] = {torch.float32: [], torch.bfloat16: []}
     for size in sizes:
-        x, y = _image(size, device)
+        make, x, y, lr = _problem(arch, size, device)
 
-        def fit(prec: str, comp: bool, x: torch.Tensor = x, y: torch.Tensor = y) -> Callable[[int], object]:
-            model = _siren(0, device)
-            return lambda n: train.fit(model, x, y, steps=n, lr=1e-4, precision=prec, compile=comp)
+        def fit(prec: str, comp: bool, problem: Problem = (make, x, y, lr)) -> Callable[[int], object]:
+            make_, x_, y_, lr_ = problem
+            model = make_(0)
+            return lambda n: train.fit(model, x_, y_, steps=n, lr=lr_, precision=prec, compile=comp)
 
-        sirenpt = siren_pytorch.SirenNet(dim_in=2, dim_hidden=256, dim_out=1, num_layers=3, w0_initial=30.0)
-        cases: dict[str, Callable[[int], object]] = {
-            "naive fp32 loop (item() every step)": _naive(_siren(0, device), x, y),
-            "siren-pytorch SirenNet, naive loop": _naive(sirenpt.to(device), x, y),
-            f"initium default (--precision auto = {default})": fit(default, False),
-        }
+        cases: dict[str, Callable[[int], object]] = {"naive fp32 loop (item() every step)": _naive(make(0), x, y, lr)}
+        if arch == "siren":  # the peer a user would install instead
+            import siren_pytorch  # the bench extra
+
+            sirenpt = siren_pytorch.SirenNet(dim_in=2, dim_hidden=256, dim_out=1, num_layers=3, w0_initial=30.0)
+            cases["siren-pytorch SirenNet, naive loop"] = _naive(sirenpt.to(device), x, y, lr)
+        cases[f"initium default (--precision auto = {default})"] = fit(default, False)
         for prec in precisions:
             cases[f"initium --precision {prec}"] = fit(prec, False)
             cases[f"initium --precision {prec} --compile"] = fit(prec, True)
@@ -151,7 +183,7 @@ def step(device: torch.device, sizes: list[int], repeats: int, steps: int) -> st
             sec = _per_step(fn, steps, device, repeats)
             rows.setdefault(name, []).append(sec * 1e3)
             log.info("%d px  %-45s %.2f ms", size, name, sec * 1e3)
-        flops = _flops(_siren(0, device), x, y)
+        flops = _flops(make(0), x, y)
         for dtype, floor in floors.items():
             rate = _peak(device, dtype)
             floor.append(flops / rate * 1e3)
@@ -235,18 +267,19 @@ def curves(device: torch.device, size: int, steps: int, image: str) -> str:
     return "\n".join(lines)
 
 
-def profile(device: torch.device, size: int) -> str:
-    x, y = _image(size, device)
+def profile(device: torch.device, size: int, arch: str = "siren") -> str:
+    make, x, y, lr = _problem(arch, size, device)
     prec = "bf16"  # the fast path: what stands between it and the floor
-    model = _siren(0, device)
-    train.fit(model, x, y, steps=3, lr=1e-4, precision=prec)  # warm-up
+    model = make(0)
+    train.fit(model, x, y, steps=3, lr=lr, precision=prec)  # warm-up
     acts = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
     )
     with torch.profiler.profile(activities=acts) as prof:
-        train.fit(model, x, y, steps=10, lr=1e-4, precision=prec)
+        train.fit(model, x, y, steps=10, lr=lr, precision=prec)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return f"Profile, {prec}, {size} px, 10 steps:\n\n```\n{prof.key_averages().table(sort_by=key, row_limit=15)}\n```"
+    table = prof.key_averages().table(sort_by=key, row_limit=15)
+    return f"Profile, {arch}, {prec}, {size} px, 10 steps:\n\n```\n{table}\n```"
 
 
 def main() -> None:
@@ -256,6 +289,7 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help="image sides, comma-separated")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--image", default="camera", help="curves: the bundled image to fit")
+    parser.add_argument("--arch", default="siren", choices=sorted(STEP_ARCHS), help="step, profile: the model")
     parser.add_argument("--ks", default="1,4,16")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=5)
@@ -267,13 +301,13 @@ def main() -> None:
         return [int(v) for v in s.split(",")]
 
     if args.what == "step":
-        text = step(device, ints(args.sizes or "256,512"), args.repeats, args.steps or 10)
+        text = step(device, ints(args.sizes or "256,512"), args.repeats, args.steps or 10, args.arch)
     elif args.what == "batch":
         text = batch(device, ints(args.sizes or "64,256"), ints(args.ks), args.steps or 20, args.repeats)
     elif args.what == "curves":
         text = curves(device, args.size, args.steps or 1000, args.image)
     else:
-        text = profile(device, args.size)
+        text = profile(device, args.size, args.arch)
     print(text)
 
 
