@@ -125,8 +125,8 @@ def _write(
     """Rewrite the summary after every task x image, so a stopped sweep still reports what finished."""
     header = (
         f"Command: `python benchmarks/dip_restoration.py --size {args.size} --arch '{args.arch}' --steps {args.steps}"
-        f" --pretrain {args.pretrain} --seeds {args.seeds} --eval-every {args.eval_every} --tasks {args.tasks}"
-        f" --images {args.images}`  \n"
+        f" --pretrain {args.pretrain} --seeds {args.seeds} --eval-every {args.eval_every} --early {args.early}"
+        f" --tasks {args.tasks} --images {args.images} --methods '{args.methods}' --out {args.out}`  \n"
         f"Device: {env['device']} ({env['device_name']}, {env['threads']} threads), torch {env['torch']}"
         + ("" if args.report_only else f"; {seconds:.0f} s for this invocation")
         + ".\n"
