@@ -1,6 +1,6 @@
 """Random weight factorization: step-time overhead, and error at a fixed step budget.
 
-    python benchmarks/rwf.py overhead [--repeats 30]
+    python benchmarks/rwf.py overhead [--repeats 30] [--device cuda]
     python benchmarks/rwf.py errors --out runs/bench-rwf [--seeds 3] [--quick]
     python benchmarks/rwf.py errors --out runs/bench-rwf --report-only
 
@@ -42,7 +42,7 @@ class NaiveFactorisedLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, mean: float = 1.0, std: float = 0.1) -> None:
         super().__init__()
-        s = torch.randn(linear.out_features) * std + mean
+        s = torch.randn(linear.out_features, device=linear.weight.device) * std + mean
         self.s = nn.Parameter(s)
         self.v = nn.Parameter(linear.weight.detach() / torch.exp(s)[:, None])
         self.bias = nn.Parameter(linear.bias.detach().clone())
@@ -59,8 +59,8 @@ def _naive(model: nn.Module) -> nn.Module:
     return model
 
 
-def _regression_step(model: nn.Module, batch: int) -> Callable[[], None]:
-    x, y = torch.rand(batch, 2) * 2 - 1, torch.rand(batch, 1)
+def _regression_step(model: nn.Module, batch: int, device: torch.device) -> Callable[[], None]:
+    x, y = torch.rand(batch, 2, device=device) * 2 - 1, torch.rand(batch, 1, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step() -> None:
@@ -71,9 +71,9 @@ def _regression_step(model: nn.Module, batch: int) -> Callable[[], None]:
     return step
 
 
-def _pinn_step(model: nn.Module, points: int) -> Callable[[], None]:
+def _pinn_step(model: nn.Module, points: int, device: torch.device) -> Callable[[], None]:
     task = Advection(AdvectionConfig(collocation=points, boundary=256))
-    task.setup(torch.device("cpu"))
+    task.setup(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
     def step() -> None:
@@ -84,19 +84,25 @@ def _pinn_step(model: nn.Module, points: int) -> Callable[[], None]:
     return step
 
 
-def overhead(repeats: int) -> str:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: time them, not their launches
+        torch.cuda.synchronize(device)
+
+
+def overhead(repeats: int, device: torch.device) -> str:
     cases: list[tuple[str, Callable[[nn.Module], Callable[[], None]]]] = [
-        ("MLP 4x256, batch 4096", lambda m: _regression_step(m, 4096)),
-        ("MLP 4x256, batch 65536", lambda m: _regression_step(m, 65536)),
-        ("PINN step (advection, 4096 + 768 points)", lambda m: _pinn_step(m, 4096)),
+        ("MLP 4x256, batch 4096", lambda m: _regression_step(m, 4096, device)),
+        ("MLP 4x256, batch 65536", lambda m: _regression_step(m, 65536, device)),
+        ("PINN step (advection, 4096 + 768 points)", lambda m: _pinn_step(m, 4096, device)),
     ]
     variants: dict[str, Callable[[nn.Module], nn.Module]] = {
         "plain": lambda m: m,
         "initium.rwf (parametrize)": lambda m: initium.rwf(m),
         "naive factorised layer": _naive,
     }
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     lines = [
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {repeats} interleaved rounds",
+        f"{where}, torch {torch.__version__}, median of {repeats} interleaved rounds",
         "",
         "| step | " + " | ".join(f"{v} ms" for v in variants) + " | rwf / plain | naive / plain |",
         "|---|" + "---|" * (len(variants) + 2),
@@ -105,14 +111,16 @@ def overhead(repeats: int) -> str:
         steps = {}
         for name, wrap in variants.items():
             torch.manual_seed(0)
-            steps[name] = make(wrap(MLP(2, 1, hidden=256, layers=4)))
+            steps[name] = make(wrap(MLP(2, 1, hidden=256, layers=4).to(device)))
             for _ in range(3):  # warm-up: allocator, first-call costs
                 steps[name]()
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(repeats):
             for name, step in steps.items():
+                _sync(device)
                 t0 = time.perf_counter()
                 step()
+                _sync(device)
                 times[name].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         base = med["plain"]
@@ -172,14 +180,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("overhead", "errors"))
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--device", default="cpu", help="overhead: cpu or cuda")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-rwf"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="half the steps")
     parser.add_argument("--report-only", action="store_true", help="tables from finished runs only")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: this torch sees no CUDA device; use --device cpu")
     if args.what == "overhead":
-        text = overhead(args.repeats)
+        text = overhead(args.repeats, torch.device(args.device))
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "overhead.md").write_text(text + "\n")
     else:
