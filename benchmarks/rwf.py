@@ -31,7 +31,7 @@ from torch import nn
 import initium
 from initium.nn import MLP
 from initium.report import summarize
-from initium.runner import RunConfig, load_results, run
+from initium.runner import RunConfig, environment, load_results, run, sync
 from initium.tasks.pinn import Advection, AdvectionConfig
 
 log = logging.getLogger("bench-rwf")
@@ -84,11 +84,6 @@ def _pinn_step(model: nn.Module, points: int, device: torch.device) -> Callable[
     return step
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":  # kernels run asynchronously: time them, not their launches
-        torch.cuda.synchronize(device)
-
-
 def overhead(repeats: int, device: torch.device) -> str:
     cases: list[tuple[str, Callable[[nn.Module], Callable[[], None]]]] = [
         ("MLP 4x256, batch 4096", lambda m: _regression_step(m, 4096, device)),
@@ -100,9 +95,10 @@ def overhead(repeats: int, device: torch.device) -> str:
         "initium.rwf (parametrize)": lambda m: initium.rwf(m),
         "naive factorised layer": _naive,
     }
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    env = environment(device)
+    where = f"{env['device']} ({env['device_name']}, {env['threads']} threads)"
     lines = [
-        f"{where}, torch {torch.__version__}, median of {repeats} interleaved rounds",
+        f"{where}, torch {env['torch']}, median of {repeats} interleaved rounds",
         "",
         "| step | " + " | ".join(f"{v} ms" for v in variants) + " | rwf / plain | naive / plain |",
         "|---|" + "---|" * (len(variants) + 2),
@@ -117,10 +113,10 @@ def overhead(repeats: int, device: torch.device) -> str:
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(repeats):
             for name, step in steps.items():
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 step()
-                _sync(device)
+                sync(device)
                 times[name].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
         base = med["plain"]

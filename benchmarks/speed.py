@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
 import time
 from collections.abc import Callable
 
@@ -38,14 +37,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from initium import batched, precision, train
 from initium.metrics import psnr_from_mse
 from initium.nn import MLP, DIPNet, FourierMLP, Siren
+from initium.runner import environment, sync
 from initium.tasks import TASKS
 
 log = logging.getLogger("speed")
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _image(size: int, device: torch.device, image: str = "camera") -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,10 +89,10 @@ def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> floa
     fn()
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return sorted(times)[len(times) // 2]
 
@@ -143,9 +138,8 @@ def _peak(device: torch.device, dtype: torch.dtype) -> float:
 
 
 def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    env = environment(device)
+    return f"{env['device']} ({env['device_name']}, {env['threads']} threads)"
 
 
 def step(device: torch.device, sizes: list[int], repeats: int, steps: int, arch: str = "siren") -> str:

@@ -126,7 +126,8 @@ def value_at(steps: Sequence[int], values: Sequence[float | None], step: int) ->
         return None
 
 
-def _environment(device: torch.device) -> dict[str, Any]:
+def environment(device: torch.device) -> dict[str, Any]:
+    """What a run ran on: versions, the device and its name, and the CPU threads (every record's ``env``)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     return {
         "initium": __version__,
@@ -164,7 +165,8 @@ def load_results(out: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued kernels, so a timer measures their work, not their launches."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -357,13 +359,13 @@ def _start(plan: _Plan, spec: str, rule: str, seed: int, done: set[str]) -> _Run
         return None
     r = _Run(rec, model, method)
     with progress_hook(_reporter(plan, _label(r))):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         try:
             method(model, task.inputs)
         except TrainingDiverged as exc:  # one failed run must not end the sweep
             r.status = f"diverged in init at step {exc.step}"
-        _sync(device)
+        sync(device)
         r.init_s = time.perf_counter() - t0
     return r
 
@@ -387,7 +389,7 @@ def _train(plan: _Plan, r: _Run) -> None:
     """Train one run on its own."""
     r.curve, r.snaps = {"step": []}, {}
     with progress_hook(_reporter(plan, _label(r))):
-        _sync(plan.device)
+        sync(plan.device)
         t0 = time.perf_counter()
         try:
             r.history = plan.task.fit(
@@ -397,7 +399,7 @@ def _train(plan: _Plan, r: _Run) -> None:
             r.rec["analysis"] = plan.task.analyse(r.model)
         except TrainingDiverged as exc:  # one failed run must not end the sweep
             r.status, r.history = f"diverged in training at step {exc.step}", exc.history
-        _sync(plan.device)
+        sync(plan.device)
         r.train_s = time.perf_counter() - t0
     r.rec["batched"] = 1
 
@@ -407,7 +409,7 @@ def _train_group(plan: _Plan, group: list[_Run]) -> None:
     from their initial weights."""
     initial = [copy.deepcopy(r.model.state_dict()) for r in group]
     with progress_hook(_reporter(plan, f"{len(group)} runs stacked")):
-        _sync(plan.device)
+        sync(plan.device)
         t0 = time.perf_counter()
         try:
             history = plan.task.fit_batched(
@@ -421,7 +423,7 @@ def _train_group(plan: _Plan, group: list[_Run]) -> None:
             return
         for r in group:  # inside the timer, as in one-by-one training
             r.rec["analysis"] = plan.task.analyse(r.model)
-        _sync(plan.device)
+        sync(plan.device)
         elapsed = time.perf_counter() - t0
     for k, r in enumerate(group):
         r.history, r.train_s = history[:, k], elapsed / len(group)  # the group's time, shared out
@@ -450,7 +452,7 @@ def _finish(plan: _Plan, r: _Run) -> dict[str, Any]:
         },
         wall={"init_s": r.init_s, "train_s": r.train_s},
         method_info=r.method.info,
-        env=_environment(plan.device),
+        env=environment(plan.device),
     )
     rec.setdefault("analysis", {})
     extra = task.summarize_run(r.curve)
