@@ -49,12 +49,7 @@ def _image(size: int, device: torch.device, image: str = "camera") -> tuple[torc
     return task.inputs, task.target.mean(dim=1, keepdim=True)  # gray, as the issue's probe
 
 
-def _siren(seed: int, device: torch.device) -> nn.Module:
-    torch.manual_seed(seed)
-    return Siren(2, 1, hidden=256, layers=3).to(device)
-
-
-# The models ``step`` times: (seeded constructor, lr). SIREN 3x256 is the issue's probe model;
+# The models ``step`` and ``profile`` time: (constructor, lr). SIREN 3x256 is the issue's probe model;
 # FourierMLP is Tancik et al.'s 4x256 with 256 features; DIP is the paper's 5x128 skip net.
 STEP_ARCHS: dict[str, tuple[Callable[[], nn.Module], float]] = {
     "siren": (lambda: Siren(2, 1, hidden=256, layers=3), 1e-4),
@@ -62,26 +57,23 @@ STEP_ARCHS: dict[str, tuple[Callable[[], nn.Module], float]] = {
     "dip": (lambda: DIPNet(), 1e-2),
 }
 
-Problem = tuple[Callable[[int], nn.Module], torch.Tensor, torch.Tensor, float]
+
+def _model(arch: str, seed: int, device: torch.device) -> nn.Module:
+    torch.manual_seed(seed)
+    return STEP_ARCHS[arch][0]().to(device)
 
 
-def _problem(arch: str, size: int, device: torch.device) -> Problem:
-    """A seeded model constructor, the inputs, the target and the lr of one ``step`` problem. The
-    coordinate nets fit the gray image at every pixel; the DIP net maps its fixed latent to the
-    noisy RGB image (the ``dip-denoise`` task's plain MSE step: its input jitter and output EMA,
-    two elementwise passes, are left out)."""
-    build, lr = STEP_ARCHS[arch]
-
-    def make(seed: int) -> nn.Module:
-        torch.manual_seed(seed)
-        return build().to(device)
-
+def _problem(arch: str, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The inputs, the target and the lr of one ``step`` problem. The coordinate nets fit the gray
+    image at every pixel; the DIP net maps its fixed latent to the noisy RGB image (the
+    ``dip-denoise`` task's plain MSE step: its input jitter and output EMA, two elementwise passes,
+    are left out)."""
+    lr = STEP_ARCHS[arch][1]
     if arch == "dip":
         task = TASKS.build("dip-denoise", {"image": "astronaut", "size": size})
         task.setup(device)
-        return make, task.inputs, task.target, lr
-    x, y = _image(size, device)
-    return make, x, y, lr
+        return task.inputs, task.target, lr
+    return *_image(size, device), lr
 
 
 def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -97,7 +89,7 @@ def _timed(fn: Callable[[], object], device: torch.device, repeats: int) -> floa
     return sorted(times)[len(times) // 2]
 
 
-def _naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 1e-4) -> Callable[[int], object]:
+def _naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float) -> Callable[[int], object]:
     """The loop most users write: default Adam, and the loss read back every step."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
 
@@ -112,6 +104,13 @@ def _naive(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float = 1e-4)
         return losses
 
     return run
+
+
+def _initium(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, prec: str, comp: bool
+) -> Callable[[int], object]:
+    """initium's loop (``train.fit``) at one precision, compiled or not."""
+    return lambda n: train.fit(model, x, y, steps=n, lr=lr, precision=prec, compile=comp)
 
 
 def _per_step(fn: Callable[[int], object], steps: int, device: torch.device, repeats: int) -> float:
@@ -156,28 +155,27 @@ def step(device: torch.device, sizes: list[int], repeats: int, steps: int, arch:
     rows: dict[str, list[float]] = {}
     floors: dict[torch.dtype, list[float]] = {torch.float32: [], torch.bfloat16: []}
     for size in sizes:
-        make, x, y, lr = _problem(arch, size, device)
-
-        def fit(prec: str, comp: bool, problem: Problem = (make, x, y, lr)) -> Callable[[int], object]:
-            make_, x_, y_, lr_ = problem
-            model = make_(0)
-            return lambda n: train.fit(model, x_, y_, steps=n, lr=lr_, precision=prec, compile=comp)
-
-        cases: dict[str, Callable[[int], object]] = {"naive fp32 loop (item() every step)": _naive(make(0), x, y, lr)}
+        x, y, lr = _problem(arch, size, device)
+        cases: dict[str, Callable[[int], object]] = {
+            "naive fp32 loop (item() every step)": _naive(_model(arch, 0, device), x, y, lr)
+        }
         if arch == "siren":  # the peer a user would install instead
             import siren_pytorch  # the bench extra
 
             sirenpt = siren_pytorch.SirenNet(dim_in=2, dim_hidden=256, dim_out=1, num_layers=3, w0_initial=30.0)
             cases["siren-pytorch SirenNet, naive loop"] = _naive(sirenpt.to(device), x, y, lr)
-        cases[f"initium default (--precision auto = {default})"] = fit(default, False)
-        for prec in precisions:
-            cases[f"initium --precision {prec}"] = fit(prec, False)
-            cases[f"initium --precision {prec} --compile"] = fit(prec, True)
+        settings = [(f"initium default (--precision auto = {default})", default, False)] + [
+            (f"initium --precision {prec}" + (" --compile" if comp else ""), prec, comp)
+            for prec in precisions
+            for comp in (False, True)
+        ]
+        for name, prec, comp in settings:
+            cases[name] = _initium(_model(arch, 0, device), x, y, lr, prec, comp)
         for name, fn in cases.items():
             sec = _per_step(fn, steps, device, repeats)
             rows.setdefault(name, []).append(sec * 1e3)
             log.info("%d px  %-45s %.2f ms", size, name, sec * 1e3)
-        flops = _flops(make(0), x, y)
+        flops = _flops(_model(arch, 0, device), x, y)
         for dtype, floor in floors.items():
             rate = _peak(device, dtype)
             floor.append(flops / rate * 1e3)
@@ -205,7 +203,7 @@ def batch(device: torch.device, sizes: list[int], ks: list[int], steps: int, rep
     problems: list[tuple[str, Callable[[int], nn.Module], torch.Tensor, torch.Tensor]] = []
     for size in sizes:
         x, y = _image(size, device)
-        problems.append((f"SIREN 3x256, {size} px", lambda s: _siren(s, device), x, y))
+        problems.append((f"SIREN 3x256, {size} px", lambda s: _model("siren", s, device), x, y))
     task = TASKS.build("regress-1d", {})
     task.setup(device)
 
@@ -240,7 +238,7 @@ def curves(device: torch.device, size: int, steps: int, image: str) -> str:
         def record(_step: int, pred: torch.Tensor, psnrs: list[float] = psnrs) -> None:
             psnrs.append(float(psnr_from_mse(torch.mean((pred.float() - y) ** 2))))
 
-        train.fit(_siren(0, device), x, y, steps=steps, lr=1e-4, precision=prec,
+        train.fit(_model("siren", 0, device), x, y, steps=steps, lr=1e-4, precision=prec,
                   evaluate_at=range(0, steps + 1, every), on_eval=record)  # fmt: skip
         out[prec] = psnrs
         log.info("%s: final %.2f dB", prec, psnrs[-1])
@@ -262,9 +260,9 @@ def curves(device: torch.device, size: int, steps: int, image: str) -> str:
 
 
 def profile(device: torch.device, size: int, arch: str = "siren") -> str:
-    make, x, y, lr = _problem(arch, size, device)
+    x, y, lr = _problem(arch, size, device)
     prec = "bf16"  # the fast path: what stands between it and the floor
-    model = make(0)
+    model = _model(arch, 0, device)
     train.fit(model, x, y, steps=3, lr=lr, precision=prec)  # warm-up
     acts = [torch.profiler.ProfilerActivity.CPU] + (
         [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
