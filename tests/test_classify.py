@@ -5,9 +5,9 @@ import random
 import numpy as np
 import pytest
 import torch
+from initium.fa import feedback_layers
 
 from initium.cli import main
-from initium.fa import feedback_layers
 from initium.nn import ARCHS, FALinear
 from initium.report import summarize
 from initium.runner import RunConfig, run

@@ -47,7 +47,7 @@ def test_nan_guard_stops_at_an_evaluation_step():
 
 def test_progress_hook_sees_every_step():
     calls = []
-    with progress_hook(lambda phase, k, n: calls.append((phase, k, n))):
+    with progress_hook(lambda e: calls.append((e.phase, e.done, e.total))):
         fit(Siren(2, 1, hidden=4), grid(2, 2), torch.zeros(4, 1), steps=3, lr=1e-3, phase="x")
     assert calls == [("x", 1, 3), ("x", 2, 3), ("x", 3, 3)]
 

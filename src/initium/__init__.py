@@ -16,15 +16,21 @@ Public API (DESIGN.md section 4)::
 
 __version__ = "0.1.0"
 
-from . import fa as fa
+import sys as _sys
+
 from . import nn as nn
 from . import tasks as tasks
 from .cache import InitCache as InitCache
 from .methods import create as create
+from .methods import fa as fa
 from .methods import list_methods as list_methods
 from .methods.noise import noise_pretrain as noise_pretrain
 from .methods.rwf import remove_rwf as remove_rwf
 from .methods.rwf import rwf as rwf
+
+# One home per family (DESIGN.md section 3): ``initium.fa`` *is* ``initium.methods.fa``, also for
+# ``import initium.fa`` and ``from initium.fa import ...``.
+_sys.modules[__name__ + ".fa"] = fa
 
 __all__ = [
     "InitCache", "__version__", "create", "fa", "list_methods", "nn", "noise_pretrain", "remove_rwf", "rwf", "tasks",

@@ -205,8 +205,9 @@ class Registry(Generic[T]):
 
         return deco
 
-    def names(self) -> list[str]:
-        return sorted(self._entries)
+    def names(self, *, in_order: bool = False) -> list[str]:
+        """The registered names, sorted, or ``in_order`` of registration (a family's own order)."""
+        return list(self._entries) if in_order else sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from . import precision as _precision
-from .train import ForwardLoss, adam, check_fit_args, loop, mse
+from .train import ForwardLoss, Steps, adam, check_fit_args, loop, mse, step_decay
 
 __all__ = ["fit_batched", "signature"]
 
@@ -134,7 +134,10 @@ def fit_batched(
 
     try:
         with _precision.matmul_precision(precision):
-            return loop(step_fn, step_loss, inputs, lambda _step: y, opt, steps=steps, lr_decay=lr_decay,
-                        evaluate_at=evaluate_at, on_eval=evaluate, phase=phase)  # fmt: skip
+            return loop(
+                step_fn, opt, Steps(inputs, y), steps=steps, final_fn=step_loss,
+                schedule=step_decay(*lr_decay) if lr_decay else None, evaluate_at=evaluate_at, on_eval=evaluate,
+                phase=phase,
+            )  # fmt: skip
     finally:
         _write_back(models, params | buffers)

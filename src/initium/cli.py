@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import re
 import sys
 import typing
 from collections.abc import Sequence
@@ -19,11 +18,11 @@ from rich.table import Table as RichTable
 
 from ._registry import UnknownNameError, closest, parse_literal, split_top
 from .cache import CacheError, InitCache
-from .fa import MODES
-from .methods import METHODS
+from .methods import METHODS, RULES
 from .nn import ARCHS
 from .precision import PRECISIONS
 from .tasks import SAMPLE_IMAGES, TASKS
+from .train import Progress as TrainProgress
 
 console = Console(stderr=True)
 out_console = Console()
@@ -99,7 +98,7 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
     run.add_argument(
         "--rule",
         default=None,
-        help=f"learning rule(s) ({', '.join(MODES)}): one for all methods or one per method, paired in order"
+        help=f"learning rule(s) ({', '.join(RULES.names(in_order=True))}): one for all methods or one per method, paired in order"
         " (default: bp)",
     )
     run.add_argument(
@@ -172,23 +171,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     bar = Progress(*columns, console=console)
     state: dict[str, Any] = {}
 
-    def progress(label: str, done: int, n: int) -> None:
+    def progress(event: TrainProgress) -> None:
         if not state:  # the bar appears once the inputs are checked and training starts
             bar.start()
             state["overall"] = bar.add_task(f"{cfg.task} · {cfg.arch or 'default arch'}: runs", total=total)
-        if state.get("label") != label:
+        if event.phase == "sweep":  # a run finished (or was found finished): the overall bar
+            bar.update(state["overall"], completed=event.done, total=event.total)
+            return
+        key = (event.label, event.phase)
+        if state.get("key") != key:  # one bar for the loop in progress
             if "current" in state:
                 bar.remove_task(state["current"])
-            state.update(label=label, current=bar.add_task(label, total=n))
-        bar.update(state["current"], completed=done)
-        if done == n and label.endswith("train"):
-            stacked = re.match(r"(\d+) runs stacked", label)  # one bar for a stacked group
-            bar.advance(state["overall"], int(stacked[1]) if stacked else 1)
+            state.update(key=key, current=bar.add_task(f"{event.label} · {event.phase}", total=event.total))
+        bar.update(state["current"], completed=event.done)
 
     try:
         records = run(cfg, progress=progress)
-        if state:  # skipped (resumed) and diverged runs never reach a last train step
-            bar.update(state["overall"], completed=total)
     finally:
         bar.stop()
     print_table(summarize(records))

@@ -17,20 +17,20 @@ import platform
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import __version__, batched, fa
+from . import __version__, batched
 from ._io import atomic_write_bytes, atomic_write_text, tensors_to_bytes
-from .methods import create
+from .methods import DEFAULT_RULE, RULES, LearningRule, create
 from .nn import ARCHS
 from .precision import resolve_precision
 from .tasks import TASKS, Task
-from .train import ProgressFn, TrainingDiverged, progress_hook
+from .train import Progress, ProgressFn, TrainingDiverged, progress_hook
 
 __all__ = [
     "RunConfig", "batch_default", "eval_steps", "load_results", "metric_series", "resolve_device", "run", "steps_to",
@@ -45,7 +45,7 @@ RESULTS = "results.jsonl"
 class RunConfig:
     """One sweep. ``arch`` and each of ``methods`` are specs (``"siren(hidden=128)"``,
     ``"noise(steps=300)"``; ``None``: the task's default); ``task_options`` are the task config's fields.
-    ``rules`` are the learning rules (``initium.fa.MODES``: ``bp``, ``fa``, ``dfa`` ...), one for all
+    ``rules`` are learning rules (``initium.methods.RULES``: ``bp``, ``fa``, ``dfa`` ...), one for all
     methods or one per method, paired in order; ``None``: backprop. ``steps=None``: the task's own
     length (``Task.resolve_steps``: 2000 steps for image-fit, ``--epochs`` for classify)."""
 
@@ -146,7 +146,7 @@ def _identity(rec: dict[str, Any]) -> str:
     ident = {k: rec.get(k) for k in keys}
     # records from before --precision: fp32 matmuls (on CUDA, convolutions then took cuDNN's TF32 default)
     ident["precision"] = rec.get("precision", "fp32")
-    ident["rule"] = rec.get("rule", "bp")  # records from before learning rules were backprop
+    ident["rule"] = rec.get("rule", DEFAULT_RULE)  # records from before learning rules were backprop
     ident["device"] = rec.get("device") or rec.get("env", {}).get("device")  # older records: in env only
     return json.dumps(ident, sort_keys=True, default=str)
 
@@ -174,7 +174,7 @@ def sync(device: torch.device) -> None:
 def _rules(cfg: RunConfig) -> tuple[str, ...]:
     """One learning rule per method: ``--rule fa`` for all, or ``--rule bp,fa,fa`` paired in order."""
     n = len(cfg.methods)
-    rules = tuple(cfg.rules) if cfg.rules else ("bp",)
+    rules = tuple(cfg.rules) if cfg.rules else (DEFAULT_RULE,)
     if len(rules) == 1:
         rules = rules * n
     if len(rules) != n:
@@ -183,8 +183,10 @@ def _rules(cfg: RunConfig) -> tuple[str, ...]:
             f" (e.g. --rule bp,fa,fa --methods default,default,fa-noise)"
         )
     for rule in rules:
-        if rule not in fa.MODES:
-            raise ValueError(f"--rule: unknown learning rule {rule!r}; expected one of: {', '.join(fa.MODES)}")
+        if rule not in RULES:
+            raise ValueError(
+                f"--rule: unknown learning rule {rule!r}; expected one of: {', '.join(RULES.names(in_order=True))}"
+            )
     return rules
 
 
@@ -217,7 +219,7 @@ def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device, i
     task.check_model(probe, arch_spec)
     for method, rule in zip(methods, rules, strict=True):
         # the learning rule first (dfa's output size, unsupported layers), as the run will
-        model = probe if rule == "bp" else fa.convert(copy.deepcopy(probe), rule, seed=0)
+        model = RULES.build(rule)(copy.deepcopy(probe), seed=0)
         method.validate(model, task.inputs)
     return task, arch, arch_kwargs, device, steps, rules
 
@@ -255,19 +257,30 @@ def run(cfg: RunConfig, *, progress: ProgressFn | None = None) -> list[dict[str,
     evals = sorted(set(evals) | set(snap_steps))
     plan = _Plan(cfg, task, arch, arch_kwargs, device, steps, prec, evals, snap_steps, out, progress)
 
+    total, finished = len(cfg.methods) * len(cfg.seeds), 0
+
+    def advance() -> None:  # the sweep's own progress: one event per finished or skipped run
+        nonlocal finished
+        finished += 1
+        if progress is not None:
+            progress(Progress("sweep", finished, total, label=task.name))
+
     def save(r: _Run) -> None:
         nonlocal records
         rec = _finish(plan, r)
         records = [x for x in records if _identity(x) != _identity(rec)] + [rec]
         atomic_write_text(out / RESULTS, "".join(json.dumps(x, sort_keys=True) + "\n" for x in records))
+        advance()
 
     groups: dict[Any, list[_Run]] = {}
     for spec, rule in zip(cfg.methods, rules, strict=True):
         for seed in cfg.seeds:
             r = _start(plan, spec, rule, seed, done)
             if r is None:
+                advance()
                 continue
-            if r.status == "ok" and batch and rule == "bp":
+            # custom backward passes (feedback alignment) do not vmap: other rules train one by one
+            if r.status == "ok" and batch and rule == DEFAULT_RULE:
                 groups.setdefault((batched.signature(r.model), r.rec["lr"]), []).append(r)
             else:
                 if r.status == "ok":
@@ -307,6 +320,7 @@ class _Run:
     rec: dict[str, Any]
     model: nn.Module
     method: Any
+    rule: LearningRule
     init_s: float = 0.0
     train_s: float = 0.0
     status: str = "ok"
@@ -319,10 +333,12 @@ def _label(r: _Run) -> str:
     return f"{r.rec['method']} · seed {r.rec['seed']}"
 
 
-def _reporter(plan: _Plan, label: str) -> ProgressFn:
-    def report(phase: str, k: int, n: int) -> None:
+def _reporter(plan: _Plan, label: str, runs: int = 1) -> ProgressFn:
+    """Pass the loops' events on to the sweep's hook, saying which run (or stacked group) they are."""
+
+    def report(event: Progress) -> None:
         if plan.progress is not None:
-            plan.progress(f"{label} · {phase}", k, n)
+            plan.progress(replace(event, label=label, runs=runs))
 
     return report
 
@@ -332,8 +348,9 @@ def _start(plan: _Plan, spec: str, rule: str, seed: int, done: set[str]) -> _Run
     cfg, task, device = plan.cfg, plan.task, plan.device
     torch.manual_seed(seed)  # the architecture's own init draws from here
     model = task.build_model(plan.arch, plan.arch_kwargs).to(device)
-    if rule != "bp":  # B is drawn from its own generator: the weights match the bp run's
-        model = fa.convert(model, rule, seed=seed)
+    learning = RULES.build(rule)
+    # a rule draws from its own generators (FA's B): the weights match the backprop run's
+    model = learning(model, seed=seed)
     lr = cfg.lr if cfg.lr is not None else task.default_lr(model)
     method = create(spec, seed=seed)
     rec: dict[str, Any] = {
@@ -357,7 +374,7 @@ def _start(plan: _Plan, spec: str, rule: str, seed: int, done: set[str]) -> _Run
     if _identity(rec) in done:
         log.info("skipping %s seed %d: already in %s", spec, seed, RESULTS)
         return None
-    r = _Run(rec, model, method)
+    r = _Run(rec, model, method, learning)
     with progress_hook(_reporter(plan, _label(r))):
         sync(device)
         t0 = time.perf_counter()
@@ -377,12 +394,22 @@ def _on_eval(plan: _Plan, r: _Run) -> Callable[[int, torch.Tensor], None]:
         r.curve["step"].append(step)
         with torch.no_grad():
             values = task.evaluate(pred) | task.evaluate_model(r.model)
+        if task.probe is not None:  # the learning rule's own measures (FA's angles need autograd)
+            values |= r.rule.measure(r.model, *task.probe)
         for name, value in values.items():
             r.curve.setdefault(name, []).append(value if math.isfinite(value) else None)
         if step in plan.snap_steps and (img := task.snapshot(pred)) is not None:
             r.snaps[f"step_{step}"] = img
 
     return on_eval
+
+
+def _analyse(task: Task, r: _Run) -> dict[str, Any]:
+    """The task's analysis of the trained model, and the learning rule's on the task's probe."""
+    out = task.analyse(r.model)
+    if task.probe is not None:
+        out |= r.rule.analyse(r.model, *task.probe)
+    return out
 
 
 def _train(plan: _Plan, r: _Run) -> None:
@@ -396,7 +423,7 @@ def _train(plan: _Plan, r: _Run) -> None:
                 r.model, steps=plan.steps, lr=r.rec["lr"], evaluate_at=plan.evals, on_eval=_on_eval(plan, r),
                 compile=plan.cfg.compile, precision=plan.precision,
             )  # fmt: skip
-            r.rec["analysis"] = plan.task.analyse(r.model)
+            r.rec["analysis"] = _analyse(plan.task, r)
         except TrainingDiverged as exc:  # one failed run must not end the sweep
             r.status, r.history = f"diverged in training at step {exc.step}", exc.history
         sync(plan.device)
@@ -408,7 +435,7 @@ def _train_group(plan: _Plan, group: list[_Run]) -> None:
     """Train runs of one architecture stacked; if one diverges, leave all for one-by-one training,
     from their initial weights."""
     initial = [copy.deepcopy(r.model.state_dict()) for r in group]
-    with progress_hook(_reporter(plan, f"{len(group)} runs stacked")):
+    with progress_hook(_reporter(plan, f"{len(group)} runs stacked", runs=len(group))):
         sync(plan.device)
         t0 = time.perf_counter()
         try:
@@ -422,7 +449,7 @@ def _train_group(plan: _Plan, group: list[_Run]) -> None:
                 r.model.load_state_dict(state)
             return
         for r in group:  # inside the timer, as in one-by-one training
-            r.rec["analysis"] = plan.task.analyse(r.model)
+            r.rec["analysis"] = _analyse(plan.task, r)
         sync(plan.device)
         elapsed = time.perf_counter() - t0
     for k, r in enumerate(group):

@@ -14,7 +14,7 @@ from torch import nn
 
 from .._registry import Registry
 
-__all__ = ["METHODS", "Compose", "Method", "create", "list_methods"]
+__all__ = ["DEFAULT_RULE", "METHODS", "RULES", "Compose", "LearningRule", "Method", "create", "list_methods"]
 
 
 class Method:
@@ -49,6 +49,37 @@ class Method:
 
 
 METHODS: Registry[Method] = Registry("method")
+
+
+class LearningRule:
+    """How a model learns: applied by the runner to each run's freshly built model, before its
+    init method (``initium run --rule NAME``). A family registers its rules in :data:`RULES`
+    (feedback alignment registers one per mode; ``bp``, plain backprop, is the default).
+
+    Besides changing the model, a rule may measure it: ``measure`` returns flat JSON-ready values
+    (``{"wb_angle/net.3": 41.2}``) that join the run's curve at every evaluation point, ``analyse``
+    a JSON-ready dict for the record's ``analysis`` at the end; both on the task's probe batch
+    (``Task.probe``), and ``plots`` declares how the report draws what ``measure`` adds."""
+
+    name: str = ""
+    plots: tuple[Any, ...] = ()
+
+    def __call__(self, model: nn.Module, *, seed: int = 0) -> nn.Module:
+        return model
+
+    def measure(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+        return {}
+
+    def analyse(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+RULES: Registry[LearningRule] = Registry("learning rule")
+DEFAULT_RULE = "bp"
+"""The rule of a run that names none: backprop (registered by :mod:`initium.methods.fa`)."""
 
 
 class Compose(Method):

@@ -46,18 +46,129 @@ __all__ = [
     "FAConv2d",
     "FALinear",
     "FeedbackLayer",
+    "FeedbackMode",
     "check_mode",
+    "get_mode",
+    "register_mode",
 ]
 
-MODES: tuple[str, ...] = ("bp", "fa", "dfa", "usf", "brsf", "frsf")
-"""The learning rules a feedback layer knows (see the module docstring)."""
+
+class FeedbackMode:
+    """A learning rule of a feedback layer: what ``B`` is, how it is stored and drawn, and what
+    happens before each training step. Modes are registered objects (:data:`MODES`); the layers
+    ask their mode, never compare its name.
+
+    ``stores`` is what the ``feedback`` buffer holds: ``"none"`` (an empty buffer, so the
+    ``state_dict``'s keys stay the same), ``"matrix"`` (``B`` itself) or ``"magnitude"`` (``|R|``,
+    multiplied by ``sign(W)``). ``output_error`` modes receive the model's output error (DFA)."""
+
+    name: ClassVar[str] = ""
+    stores: ClassVar[str] = "matrix"
+    backprop: ClassVar[bool] = False  # the true W^T route: no custom backward at all
+    output_error: ClassVar[bool] = False
+
+    def buffer_shape(self, weight: torch.Tensor, output_dim: int | None) -> tuple[int, ...]:
+        return (0,) if self.stores == "none" else tuple(weight.shape)
+
+    def feedback_weight(self, layer: FeedbackLayer) -> torch.Tensor:
+        """The ``B`` the next backward pass uses (``weight``'s shape; ``(output_dim, ...)`` for dfa)."""
+        if self.stores == "magnitude":
+            return layer.feedback * torch.sign(layer.weight)
+        return layer.feedback
+
+    def before_step(self, layer: FeedbackLayer) -> None:
+        """Called before every training forward pass (with grad, in train mode)."""
+
+    def __repr__(self) -> str:
+        return f"FeedbackMode({self.name!r})"
+
+
+MODES: dict[str, FeedbackMode] = {}
+"""The registered learning rules of a feedback layer, by name (see the module docstring);
+iterating gives the names: ``bp``, ``fa``, ``dfa``, ``usf``, ``brsf``, ``frsf``."""
+
+
+def register_mode(cls: type[FeedbackMode]) -> type[FeedbackMode]:
+    """Class decorator: register one instance of ``cls`` under ``cls.name``."""
+    if cls.name in MODES:
+        raise ValueError(f"feedback mode {cls.name!r} is registered twice")
+    MODES[cls.name] = cls()
+    return cls
+
+
+@register_mode
+class Backprop(FeedbackMode):
+    """``bp``: ``B = W``, plain backprop (the control)."""
+
+    name = "bp"
+    stores = "none"
+    backprop = True
+
+    def feedback_weight(self, layer: FeedbackLayer) -> torch.Tensor:
+        return layer.weight.detach()
+
+
+@register_mode
+class FeedbackAlignment(FeedbackMode):
+    """``fa``: ``B`` random and fixed (Lillicrap et al. 2016)."""
+
+    name = "fa"
+
+
+@register_mode
+class DirectFeedbackAlignment(FeedbackMode):
+    """``dfa``: the output error straight to every layer through ``B`` of shape ``(output_dim, in)``
+    (Nokland 2016)."""
+
+    name = "dfa"
+    output_error = True
+
+    def buffer_shape(self, weight: torch.Tensor, output_dim: int | None) -> tuple[int, ...]:
+        return (int(output_dim or 0), *weight.shape[1:])
+
+
+@register_mode
+class UniformSignConcordant(FeedbackMode):
+    """``usf``: ``B = sign(W) * s``, ``s`` the std of the layer's default init (Liao et al. 2016)."""
+
+    name = "usf"
+    stores = "none"
+
+    def feedback_weight(self, layer: FeedbackLayer) -> torch.Tensor:
+        return torch.sign(layer.weight) * (layer.bound / math.sqrt(3.0))  # the std of U(-bound, bound)
+
+
+@register_mode
+class BatchRandomSignConcordant(FeedbackMode):
+    """``brsf``: ``B = |R| * sign(W)``, ``R`` drawn anew at every training forward pass."""
+
+    name = "brsf"
+    stores = "magnitude"
+
+    def before_step(self, layer: FeedbackLayer) -> None:
+        layer.reset_feedback()  # a new |R| for every training batch (global RNG: seeded by the runner)
+
+
+@register_mode
+class FixedRandomSignConcordant(FeedbackMode):
+    """``frsf``: ``B = |R| * sign(W)``, ``R`` fixed."""
+
+    name = "frsf"
+    stores = "magnitude"
+
+
+def get_mode(mode: str | FeedbackMode) -> FeedbackMode:
+    """The registered mode object of ``mode`` (a name or a mode), else a ValueError listing them."""
+    if isinstance(mode, FeedbackMode):
+        return mode
+    if not isinstance(mode, str) or mode not in MODES:
+        raise ValueError(f"unknown feedback-alignment mode {mode!r}; expected one of: {', '.join(MODES)}")
+    return MODES[mode]
 
 
 def check_mode(mode: object) -> str:
-    """Return ``mode`` if it is one of :data:`MODES`, else raise a ValueError listing them."""
-    if mode not in MODES:
-        raise ValueError(f"unknown feedback-alignment mode {mode!r}; expected one of: {', '.join(MODES)}")
-    return str(mode)
+    """Return ``mode``'s name if it is a registered mode, else raise a ValueError listing them."""
+    return get_mode(mode).name  # type: ignore[arg-type]
 
 
 class DFAOutputError:
@@ -193,9 +304,10 @@ class _ConvFn(torch.autograd.Function):
 
 
 class FeedbackLayer:
-    """Mixin of the FA layers: the ``feedback`` buffer, its init and the effective ``B``."""
+    """Mixin of the FA layers: the ``feedback`` buffer, its init and the effective ``B``; what
+    each of these is comes from the layer's registered :class:`FeedbackMode` (``rule``)."""
 
-    mode: str
+    rule: FeedbackMode
     weight: nn.Parameter
     feedback: torch.Tensor
     training: bool
@@ -204,20 +316,25 @@ class FeedbackLayer:
     _output_dim: int | None
     base: ClassVar[type[nn.Module]]
 
-    def _init_feedback(self, mode: str, output_dim: int | None, generator: torch.Generator | None) -> None:
-        self.mode = check_mode(mode)
-        if mode == "dfa" and (not isinstance(output_dim, int) or output_dim < 1):
+    @property
+    def mode(self) -> str:
+        """The name of the layer's mode (``rule.name``)."""
+        return self.rule.name
+
+    def _init_feedback(
+        self, mode: str | FeedbackMode, output_dim: int | None, generator: torch.Generator | None
+    ) -> None:
+        self.rule = get_mode(mode)
+        if self.rule.output_error and (not isinstance(output_dim, int) or output_dim < 1):
             raise ValueError(
-                f"mode='dfa' sends the model's output error to every layer and needs output_dim (the size of"
-                f" the model's output), got {output_dim!r}"
+                f"mode={self.rule.name!r} sends the model's output error to every layer and needs output_dim"
+                f" (the size of the model's output), got {output_dim!r}"
             )
-        self._output_dim = output_dim if mode == "dfa" else None
+        self._output_dim = output_dim if self.rule.output_error else None
         self._backprop = False  # set by initium.fa.backprop(): measure the true gradient
         self.dfa_source = None  # set by initium.fa.convert for DFA
         w = self.weight
-        shape = (output_dim, *w.shape[1:]) if mode == "dfa" else tuple(w.shape)
-        # bp and usf need no stored B; an empty buffer keeps the state_dict's keys the same
-        shape = (0,) if mode in ("bp", "usf") else shape
+        shape = self.rule.buffer_shape(w, output_dim)
         self.register_buffer("feedback", torch.empty(shape, device=w.device, dtype=w.dtype))  # type: ignore[attr-defined]
         self.reset_feedback(generator)
 
@@ -236,30 +353,23 @@ class FeedbackLayer:
         device = generator.device if generator is not None else self.feedback.device
         draw = torch.rand(self.feedback.shape, generator=generator, device=device, dtype=self.feedback.dtype)
         draw = (2 * draw - 1) * self.bound
-        self.feedback.copy_(draw.abs() if self.mode in ("brsf", "frsf") else draw)
+        self.feedback.copy_(draw.abs() if self.rule.stores == "magnitude" else draw)
 
     @torch.no_grad()
     def feedback_weight(self) -> torch.Tensor:
         """The ``B`` the next backward pass uses (shape of ``weight``; ``(output_dim, ...)`` for dfa)."""
-        w = self.weight
-        if self.mode == "bp":
-            return w.detach()
-        if self.mode == "usf":
-            return torch.sign(w) * (self.bound / math.sqrt(3.0))  # the std of U(-bound, bound)
-        if self.mode in ("brsf", "frsf"):
-            return self.feedback * torch.sign(w)
-        return self.feedback
+        return self.rule.feedback_weight(self)
 
     def _feedback_for_step(self) -> torch.Tensor:
-        if self.mode == "brsf" and self.training and torch.is_grad_enabled():
-            self.reset_feedback()  # a new |R| for every training batch (global RNG: seeded by the runner)
+        if self.training and torch.is_grad_enabled():
+            self.rule.before_step(self)
         return self.feedback_weight()
 
     def _uses_backprop(self) -> bool:
-        return self.mode == "bp" or self._backprop
+        return self.rule.backprop or self._backprop
 
     def _dfa(self) -> tuple[DFAOutputError | None, int]:
-        if self.mode != "dfa":
+        if not self.rule.output_error:
             return None, 0
         if self.dfa_source is None:
             raise RuntimeError(
@@ -290,7 +400,7 @@ class FALinear(FeedbackLayer, nn.Linear):
         out_features: int,
         bias: bool = True,
         *,
-        mode: str = "fa",
+        mode: str | FeedbackMode = "fa",
         output_dim: int | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
@@ -323,7 +433,7 @@ class _FAConvNd(FeedbackLayer):
         groups: int = 1,
         bias: bool = True,
         *,
-        mode: str = "fa",
+        mode: str | FeedbackMode = "fa",
         output_dim: int | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,

@@ -57,6 +57,9 @@ class Task:
     config: Any
     inputs: torch.Tensor
     target: torch.Tensor
+    # a fixed (inputs, targets) batch on which the run's learning rule measures the model at every
+    # evaluation (initium.methods.LearningRule.measure); None: no such measurements
+    probe: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def setup(self, device: torch.device) -> None:
         """Load or generate the data onto ``device`` (errors on bad data are raised here)."""

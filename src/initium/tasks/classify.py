@@ -2,8 +2,8 @@
 minibatch SGD for ``--epochs`` epochs, accuracy and loss every epoch.
 
 Built for the feedback-alignment experiments of Cheon, Lee & Paik (NeurIPS 2024, arXiv
-2405.16731): the learning rule comes from the run (``initium run classify --rule bp,fa,fa``), the
-per-epoch curve carries the alignment measures of every FA layer, and the analysis of the trained
+2405.16731): the learning rule comes from the run (``initium run classify --rule bp,fa,fa``) and measures
+itself on the task's ``probe`` batch every epoch (the FA alignment angles), and the analysis of the trained
 model holds its accuracy on out-of-distribution test sets (translated, scaled, rotated,
 noise-corrupted inputs) and how fast it adapts to a new task (a label permutation; digits 5-9
 after training on 0-4).
@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import fa
+from .. import train
 from ..nn import ARCHS
-from ..train import _PROGRESS, TrainingDiverged
 from ._base import TASKS, Task
 from .data import load_digits, make_mnist1d
 
@@ -157,8 +156,9 @@ class Classify(Task):
         if c.ood:
             raw = torch.from_numpy(np.ascontiguousarray(xte[first_te]))
             self.ood = {k: self.normalise(v).to(device) for k, v in ood_sets(raw, c.dataset).items()}
-        # a fixed batch on which the update-vs-backprop angle is measured every epoch
-        self.probe = (self.inputs[:256], self.target[:256])
+        # a fixed batch on which the run's learning rule measures itself every epoch (FA: the
+        # update-vs-backprop angle)
+        self.probe = (self.inputs[:256], self.target[:256]) if c.track else None
 
     def normalise(self, x: Any) -> Any:
         return (x - self.mean) / self.std
@@ -189,20 +189,6 @@ class Classify(Task):
 
     # --- training -------------------------------------------------------------------------------
 
-    def _epoch(self, model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-        bs = self.config.batch_size
-        order = torch.randperm(len(x), device=x.device)  # the global RNG, seeded by the runner
-        for i in range(0, len(x), bs):
-            idx = order[i : i + bs]
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    def _optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-        params = [p for p in model.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=lr, momentum=self.config.momentum)
-
     def fit(
         self,
         model: nn.Module,
@@ -221,24 +207,25 @@ class Classify(Task):
         if precision != "fp32":
             raise ValueError(f"classify trains in fp32 only; drop --precision {precision}")
         self._lr = lr  # the adaptation phase of analyse() trains at the run's rate
-        opt = self._optimizer(model, lr)
-        history = torch.empty(steps + 1)
-        progress = _PROGRESS.get()
-        model.train()
-        for epoch in range(steps + 1):
-            with torch.no_grad():
-                pred = model(self.inputs)
-                history[epoch] = F.cross_entropy(pred, self.target)
-            if not torch.isfinite(history[epoch]):
-                raise TrainingDiverged(epoch, history[: epoch + 1])
-            if on_eval is not None and epoch in evaluate_at:
-                on_eval(epoch, pred)
-            if epoch == steps:
-                break
-            self._epoch(model, opt, self.inputs, self.target)
-            if progress is not None:
-                progress("train", epoch + 1, steps)
-        return history
+        return self._train(model, self.inputs, self.target, steps, lr, evaluate_at, on_eval, "train")
+
+    def _train(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        epochs: int,
+        lr: float,
+        evaluate_at: Collection[int],
+        on_eval: Callable[[int, torch.Tensor], None] | None,
+        phase: str,
+    ) -> torch.Tensor:
+        # the global RNG (seeded by the runner) shuffles every epoch
+        data = train.Epochs(x, y, self.config.batch_size)
+        return train.fit(
+            model, data, steps=epochs, lr=lr, loss_fn=F.cross_entropy, optimizer="sgd",
+            momentum=self.config.momentum, evaluate_at=evaluate_at, on_eval=on_eval, phase=phase,
+        )  # fmt: skip
 
     # --- metrics --------------------------------------------------------------------------------
 
@@ -256,26 +243,21 @@ class Classify(Task):
 
     def evaluate_model(self, model: nn.Module) -> dict[str, float]:
         acc, loss = self._acc_loss(model, self.test_x, self.test_y)
-        out = {"test_acc": acc, "test_loss": loss}
-        if self.config.track:
-            for layer, values in fa.measure(model, *self.probe).items():
-                out.update({f"{key}/{layer}": value for key, value in values.items()})
-        return out
+        return {"test_acc": acc, "test_loss": loss}
 
     def _adapt(self, model: nn.Module, data: tuple[torch.Tensor, ...]) -> list[float]:
         """Test accuracy of a copy of ``model`` before and after each of ``adapt_epochs`` epochs
         of training on ``data = (x, y, test_x, test_y)``."""
         x, y, tx, ty = data
         model = copy.deepcopy(model)  # FA layers, their B and DFA hooks come along
-        opt = self._optimizer(model, self._lr)
-        accs = [self._acc_loss(model, tx, ty)[0]]
-        for _ in range(self.config.adapt_epochs):
-            self._epoch(model, opt, x, y)
-            accs.append(self._acc_loss(model, tx, ty)[0])
+        accs: list[float] = []
+        epochs = self.config.adapt_epochs
+        self._train(model, x, y, epochs, self._lr, range(epochs + 1),
+                    lambda _k, _pred: accs.append(self._acc_loss(model, tx, ty)[0]), "adapt")  # fmt: skip
         return accs
 
     def analyse(self, model: nn.Module) -> dict[str, Any]:
-        """OOD test accuracies, adaptation curves and the final FA measurements."""
+        """OOD test accuracies and adaptation curves (the learning rule adds its own measurements)."""
         out: dict[str, Any] = {}
         if self.ood:
             out["ood"] = {"clean": self._acc_loss(model, self.test_x, self.test_y)[0]}
@@ -290,7 +272,4 @@ class Classify(Task):
             if self.second is not None:
                 adapt["5-9"] = self._adapt(model, self.second)
             out["adapt"] = adapt
-        measured = fa.measure(model, *self.probe)
-        if measured:
-            out["fa"] = measured
         return out
