@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from initium.fa import feedback_layers
+from torch import nn
 
 from initium.cli import main
 from initium.nn import ARCHS, FALinear
@@ -71,8 +72,21 @@ def test_ood_sets():
 @pytest.mark.parametrize(("arch", "shape"), [("classifier-mlp", (1, 8, 8)), ("classifier-cnn", (1, 8, 8)),
                                              ("classifier-cnn", (1, 40))])  # fmt: skip
 def test_classifier_archs(arch, shape):
+    torch.manual_seed(0)
     model = ARCHS.build(arch, {}, in_shape=shape, out_features=10)
-    assert model(torch.randn(3, *shape)).shape == (3, 10) and model.out_features == 10
+    x = torch.randn(3, *shape)
+    out = model(x)
+    assert out.shape == (3, 10) and model.out_features == 10
+    # the convolutions match the input: Conv2d over images, Conv1d over signals; the MLP has none
+    convs = {type(m) for m in model.modules() if isinstance(m, nn.Conv1d | nn.Conv2d)}
+    expected = set() if arch == "classifier-mlp" else {nn.Conv2d if len(shape) == 3 else nn.Conv1d}
+    assert convs == expected
+    # every input element reaches the output (no part of the input is silently dropped) ...
+    x.requires_grad_(True)
+    model(x).sum().backward()
+    assert bool((x.grad.abs().sum(0) > 0).all())
+    # ... and the samples of a batch stay independent
+    torch.testing.assert_close(model(x[:1]), out[:1])
 
 
 def test_minibatch_fit_curves(digits):

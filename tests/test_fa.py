@@ -303,3 +303,68 @@ def test_unsupported_layers_can_be_left_alone():
     model = nn.Sequential(nn.Linear(3, 4), nn.LSTM(4, 4))
     fa.convert(model, "fa", strict=False)
     assert isinstance(model[0], FALinear) and isinstance(model[1], nn.LSTM)
+
+
+@pytest.mark.parametrize("name", list(fa.MODES))
+def test_every_mode_is_a_registered_object_that_layers_and_rules_go_through(name):
+    from initium.methods import RULES
+    from initium.nn.feedback import FeedbackMode, get_mode
+
+    mode = fa.MODES[name]
+    assert isinstance(mode, FeedbackMode) and mode.name == name and get_mode(name) is mode
+    torch.manual_seed(0)
+    layer = FALinear(6, 4, mode=mode, output_dim=3, generator=torch.Generator().manual_seed(0))
+    assert layer.rule is mode and layer.mode == name
+    torch.testing.assert_close(layer.feedback_weight(), mode.feedback_weight(layer))
+    if not mode.output_error:  # the backward sends the error through exactly the mode's B
+        x = torch.randn(5, 6, requires_grad=True)
+        g = torch.randn(5, 4)
+        layer.eval()  # brsf redraws |R| in training: eval keeps the B we compare with
+        layer(x).backward(g)
+        torch.testing.assert_close(x.grad, g @ mode.feedback_weight(layer))
+    # the runner's learning rule of the same name: converts (or, for backprop, keeps) the model
+    plain = _mlp()
+    plain.out_features = 10  # what dfa reads the output size from
+    model = RULES.build(name)(plain, seed=0)
+    layers = fa.feedback_layers(model)
+    if mode.backprop:
+        assert layers == [] and all(type(m) is nn.Linear for m in model if isinstance(m, nn.Linear))
+    else:
+        assert len(layers) == 2 and all(m.rule is mode for _, m in layers)
+    probe = torch.randn(16, 64), torch.randint(10, (16,))
+    measured = RULES.build(name).measure(model, *probe)
+    kinds = {k.split("/")[0] for k in measured}
+    assert kinds == ({"eff_dim"} if mode.backprop else {"wb_angle", "update_angle", "norm_ratio", "eff_dim"})
+
+
+def test_a_new_mode_needs_no_change_to_the_layers():
+    from initium.nn.feedback import MODES, FeedbackMode, register_mode
+
+    @register_mode
+    class Zero(FeedbackMode):
+        """B = 0: no error reaches the layers below."""
+
+        name = "test-zero"
+        stores = "none"
+
+        def feedback_weight(self, layer):
+            return torch.zeros_like(layer.weight)
+
+    try:
+        model = fa.convert(_mlp(), "test-zero", seed=0)
+        x = torch.randn(8, 64, requires_grad=True)
+        F.cross_entropy(model(x), torch.randint(10, (8,))).backward()
+        assert torch.equal(x.grad, torch.zeros_like(x))  # the error stopped at the first B
+        assert model[2].weight.grad.abs().sum() > 0  # the last layer still learns from the true error
+        assert model[0].weight.grad.abs().sum() == 0  # the first gets nothing through B = 0
+    finally:
+        MODES.pop("test-zero")
+
+
+def test_initium_fa_is_the_family_module():
+    import importlib
+
+    import initium.methods.fa
+
+    assert initium.fa is initium.methods.fa and importlib.import_module("initium.fa") is initium.methods.fa
+    assert initium.fa.FANoise is initium.methods.METHODS.entry("fa-noise").factory

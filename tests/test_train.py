@@ -60,14 +60,28 @@ def test_bad_fit_arguments(kw, match):
 
 
 @pytest.mark.slow
-def test_compiled_step_matches_eager():
+def test_compiled_step_matches_eager(monkeypatch):
     coords, target = grid(8, 8), torch.rand(64, 1, generator=torch.Generator().manual_seed(0))
+    compiled_calls = []
+    real_compile = torch.compile
+
+    def spy(fn, *args, **kwargs):  # the step that compile=True trains with must be the compiled one
+        compiled = real_compile(fn, *args, **kwargs)
+        return lambda *a, **k: compiled_calls.append(1) or compiled(*a, **k)
+
+    monkeypatch.setattr(torch, "compile", spy)
 
     def run(compile):
         torch.manual_seed(0)
         return fit(Siren(2, 1, hidden=16), coords, target, steps=5, lr=1e-4, compile=compile)
 
-    torch.testing.assert_close(run(True), run(False), rtol=1e-4, atol=1e-6)
+    eager = run(False)
+    assert compiled_calls == []
+    torch._dynamo.reset()
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    torch.testing.assert_close(run(True), eager, rtol=1e-4, atol=1e-6)
+    assert len(compiled_calls) == 5  # every update's forward ran compiled (the last, no-grad one runs eager)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > frames  # and dynamo captured a graph
 
 
 class _HostReads(TorchFunctionMode):

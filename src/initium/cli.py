@@ -98,8 +98,8 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
     run.add_argument(
         "--rule",
         default=None,
-        help=f"learning rule(s) ({', '.join(RULES.names(in_order=True))}): one for all methods or one per method, paired in order"
-        " (default: bp)",
+        help=f"learning rule(s) ({', '.join(RULES.names(in_order=True))}): one for all methods or one per method,"
+        " paired in order (default: bp)",
     )
     run.add_argument(
         "--lr", type=float, default=None, help="learning rate (default: the architecture's, from its paper)"
