@@ -8,7 +8,7 @@ import logging
 import re
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table as RichTable
 
+from . import distributed
 from ._registry import UnknownNameError, closest, parse_literal, split_top
 from .cache import CacheError, InitCache
 from .fa import MODES
@@ -25,6 +26,7 @@ from .nn import ARCHS
 from .precision import PRECISIONS
 from .tasks import SAMPLE_IMAGES, TASKS
 
+log = logging.getLogger(__name__)
 console = Console(stderr=True)
 out_console = Console()
 out_console.width = max(out_console.width, 110)  # the summary table stays on one line per method
@@ -125,6 +127,11 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
     )
     run.add_argument("--out", type=Path, required=True, help="output folder (results.jsonl; resumes if it exists)")
     run.add_argument("--report", action="store_true", help="then write the report (as `initium report OUT`)")
+    run.add_argument(
+        "--save-weights",
+        action="store_true",
+        help="write each finished run's trained weights to OUT/weights/*.safetensors (its record names the file)",
+    )
     if task in TASKS and TASKS.entry(task).config is not None:
         _add_config_options(run, TASKS.entry(task).config)
 
@@ -162,20 +169,59 @@ def cmd_run(args: argparse.Namespace) -> int:
         steps=args.steps, lr=args.lr, eval_every=args.eval_every, device=args.device, compile=args.compile,
         precision=args.precision, batch=args.batch,
         thresholds=args.thresholds, task_options=task_options,
-        rules=_split_methods(args.rule) if args.rule else None,
+        rules=_split_methods(args.rule) if args.rule else None, save_weights=args.save_weights,
     )  # fmt: skip
-    columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-    )  # fmt: skip
-    total = len(cfg.methods) * len(cfg.seeds)
-    bar = Progress(*columns, console=console)
-    state: dict[str, Any] = {}
+    me = distributed.init()  # under torchrun: one copy of this command per rank
+    try:
+        if not me.is_main:  # rank 0 shows the bar, prints the table and writes the report, once
+            run(cfg, progress=_progress_log())
+            return 0
+        bar = _Bar(cfg, total=len(distributed.shard(range(len(cfg.methods) * len(cfg.seeds)), me)))
+        try:
+            records = run(cfg, progress=bar)
+            bar.finish()
+        finally:
+            bar.stop()
+    finally:
+        distributed.shutdown()
+    print_table(summarize(records))
+    console.print(f"results: {cfg.out / 'results.jsonl'}")
+    if args.report:
+        _print_files(write_report(cfg.out))
+    else:
+        console.print(f"plots: initium report {cfg.out}")
+    return 0
+
+
+def _progress_log() -> Callable[[str, int, int], None]:
+    """Progress of a rank other than 0: a log line per finished phase, not a second live bar."""
 
     def progress(label: str, done: int, n: int) -> None:
-        if not state:  # the bar appears once the inputs are checked and training starts
+        if done == n:
+            log.info("%s done", label)
+
+    return progress
+
+
+class _Bar:
+    """The live progress bar: one line for all of this process's runs (``total``), one for the
+    current phase. It appears once the inputs are checked and training starts."""
+
+    def __init__(self, cfg: Any, total: int) -> None:
+        columns = (
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        )  # fmt: skip
+        self.bar = Progress(*columns, console=console)
+        self.title = f"{cfg.task} · {cfg.arch or 'default arch'}: runs"
+        self.total = total
+        self.state: dict[str, Any] = {}
+
+    def __call__(self, label: str, done: int, n: int) -> None:
+        bar, state = self.bar, self.state
+        if not state:
             bar.start()
-            state["overall"] = bar.add_task(f"{cfg.task} · {cfg.arch or 'default arch'}: runs", total=total)
+            state["overall"] = bar.add_task(self.title, total=self.total)
         if state.get("label") != label:
             if "current" in state:
                 bar.remove_task(state["current"])
@@ -185,19 +231,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             stacked = re.match(r"(\d+) runs stacked", label)  # one bar for a stacked group
             bar.advance(state["overall"], int(stacked[1]) if stacked else 1)
 
-    try:
-        records = run(cfg, progress=progress)
-        if state:  # skipped (resumed) and diverged runs never reach a last train step
-            bar.update(state["overall"], completed=total)
-    finally:
-        bar.stop()
-    print_table(summarize(records))
-    console.print(f"results: {cfg.out / 'results.jsonl'}")
-    if args.report:
-        _print_files(write_report(cfg.out))
-    else:
-        console.print(f"plots: initium report {cfg.out}")
-    return 0
+    def finish(self) -> None:
+        if self.state:  # skipped (resumed) and diverged runs never reach a last train step
+            self.bar.update(self.state["overall"], completed=self.total)
+
+    def stop(self) -> None:
+        self.bar.stop()
 
 
 def _print_files(files: dict[str, Path]) -> None:
@@ -252,8 +291,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {UnknownNameError(_unknown_task(task))}", soft_wrap=True)
         return 2
     args = build_parser(task).parse_args(argv)
+    try:
+        me = distributed.rank_info()
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        return 2
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    where = f"rank {me.rank}: " if me.is_distributed else ""  # under torchrun, whose line is it
+    handler = RichHandler(console=console, show_path=False)
+    logging.basicConfig(level=level, format=f"{where}%(message)s", handlers=[handler])
     commands = {"run": cmd_run, "report": cmd_report, "cache": cmd_cache, "list": cmd_list}
     try:
         return commands[args.command](args)
