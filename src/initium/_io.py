@@ -1,6 +1,9 @@
-"""Atomic file writes: write to a temporary file in the same folder, fsync, then rename.
+"""Crash-safe file writes.
 
-A reader never sees half a file, and a crash leaves at worst a stray ``.tmp`` file.
+Whole files are written to a temporary file in the same folder, fsync'd, then renamed: a reader
+never sees half a file, and a crash leaves at worst a stray ``.tmp`` file. Logs of records grow by
+:func:`append_line`: a crash loses at most the line being written, and the next append starts on
+a line of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import save
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "sha256", "tensors_to_bytes"]
+__all__ = ["append_line", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "sha256", "tensors_to_bytes"]
 
 
 @contextlib.contextmanager
@@ -52,6 +55,27 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def append_line(path: str | os.PathLike[str], text: str) -> Path:
+    """Append ``text`` as one line to ``path`` (created if missing) and fsync it, so a finished
+    record survives a crash right after. Several writers must not share one file (each rank of a
+    sweep has its own). If the file does not end with a newline (a writer killed mid-line), one is
+    written first: the torn line stays unreadable on its own instead of swallowing this one."""
+    if "\n" in text:
+        raise ValueError("append_line writes one line; text must not contain a newline")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab+") as f:
+        f.seek(0, os.SEEK_END)
+        lead = b""
+        if f.tell() > 0:
+            f.seek(-1, os.SEEK_END)
+            lead = b"" if f.read(1) == b"\n" else b"\n"
+        f.write(lead + text.encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return path
 
 
 def tensors_to_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:

@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table as RichTable
 
+from . import distributed
 from ._registry import UnknownNameError, closest, parse_literal, split_top
 from .cache import CacheError, InitCache
 from .methods import METHODS, RULES
@@ -24,6 +25,7 @@ from .precision import PRECISIONS
 from .tasks import SAMPLE_IMAGES, TASKS
 from .train import Progress as TrainProgress
 
+log = logging.getLogger(__name__)
 console = Console(stderr=True)
 out_console = Console()
 out_console.width = max(out_console.width, 110)  # the summary table stays on one line per method
@@ -124,6 +126,11 @@ def build_parser(task: str | None = None) -> argparse.ArgumentParser:
     )
     run.add_argument("--out", type=Path, required=True, help="output folder (results.jsonl; resumes if it exists)")
     run.add_argument("--report", action="store_true", help="then write the report (as `initium report OUT`)")
+    run.add_argument(
+        "--save-weights",
+        action="store_true",
+        help="write each finished run's trained weights to OUT/weights/*.safetensors (its record names the file)",
+    )
     if task in TASKS and TASKS.entry(task).config is not None:
         _add_config_options(run, TASKS.entry(task).config)
 
@@ -161,20 +168,58 @@ def cmd_run(args: argparse.Namespace) -> int:
         steps=args.steps, lr=args.lr, eval_every=args.eval_every, device=args.device, compile=args.compile,
         precision=args.precision, batch=args.batch,
         thresholds=args.thresholds, task_options=task_options,
-        rules=_split_methods(args.rule) if args.rule else None,
+        rules=_split_methods(args.rule) if args.rule else None, save_weights=args.save_weights,
     )  # fmt: skip
-    columns = (
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-    )  # fmt: skip
-    total = len(cfg.methods) * len(cfg.seeds)
-    bar = Progress(*columns, console=console)
-    state: dict[str, Any] = {}
+    me = distributed.init()  # under torchrun: one copy of this command per rank
+    try:
+        if not me.is_main:  # rank 0 shows the bar, prints the table and writes the report, once
+            run(cfg, progress=_progress_log())
+            return 0
+        bar = _Bar(cfg)
+        try:
+            records = run(cfg, progress=bar)
+        finally:
+            bar.stop()
+    finally:
+        distributed.shutdown()
+    print_table(summarize(records))
+    console.print(f"results: {cfg.out / 'results.jsonl'}")
+    if args.report:
+        _print_files(write_report(cfg.out))
+    else:
+        console.print(f"plots: initium report {cfg.out}")
+    return 0
+
+
+def _progress_log() -> Callable[[TrainProgress], None]:
+    """Progress of a rank other than 0: a log line per finished phase, not a second live bar."""
 
     def progress(event: TrainProgress) -> None:
-        if not state:  # the bar appears once the inputs are checked and training starts
+        if event.phase != "sweep" and event.done == event.total:
+            log.info("%s · %s done", event.label, event.phase)
+
+    return progress
+
+
+class _Bar:
+    """The live progress bar: one line for all of this process's runs, one for the loop in
+    progress (a run's noise pretraining, its training ...). It appears once the inputs are checked
+    and training starts. It renders the engine's :class:`initium.train.Progress` events."""
+
+    def __init__(self, cfg: Any) -> None:
+        columns = (
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        )  # fmt: skip
+        self.bar = Progress(*columns, console=console)
+        self.title = f"{cfg.task} · {cfg.arch or 'default arch'}: runs"
+        self.state: dict[str, Any] = {}
+
+    def __call__(self, event: TrainProgress) -> None:
+        bar, state = self.bar, self.state
+        if not state:
             bar.start()
-            state["overall"] = bar.add_task(f"{cfg.task} · {cfg.arch or 'default arch'}: runs", total=total)
+            state["overall"] = bar.add_task(self.title, total=None)
         if event.phase == "sweep":  # a run finished (or was found finished): the overall bar
             bar.update(state["overall"], completed=event.done, total=event.total)
             return
@@ -185,17 +230,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             state.update(key=key, current=bar.add_task(f"{event.label} · {event.phase}", total=event.total))
         bar.update(state["current"], completed=event.done)
 
-    try:
-        records = run(cfg, progress=progress)
-    finally:
-        bar.stop()
-    print_table(summarize(records))
-    console.print(f"results: {cfg.out / 'results.jsonl'}")
-    if args.report:
-        _print_files(write_report(cfg.out))
-    else:
-        console.print(f"plots: initium report {cfg.out}")
-    return 0
+    def stop(self) -> None:
+        self.bar.stop()
 
 
 def _print_files(files: dict[str, Path]) -> None:
@@ -250,8 +286,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {UnknownNameError(_unknown_task(task))}", soft_wrap=True)
         return 2
     args = build_parser(task).parse_args(argv)
+    try:
+        me = distributed.rank_info()
+    except ValueError as exc:
+        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        return 2
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    where = f"rank {me.rank}: " if me.is_distributed else ""  # under torchrun, whose line is it
+    handler = RichHandler(console=console, show_path=False)
+    logging.basicConfig(level=level, format=f"{where}%(message)s", handlers=[handler])
     commands = {"run": cmd_run, "report": cmd_report, "cache": cmd_cache, "list": cmd_list}
     try:
         return commands[args.command](args)

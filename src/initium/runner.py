@@ -1,9 +1,15 @@
 """task x methods x seeds -> ``results.jsonl``. The only place that seeds the global RNGs.
 
 Everything that can be wrong with a run (names, options, shapes, data, cache folder) is checked
-before the first training step. Runs already in ``results.jsonl`` with the same settings are
-skipped, so a killed sweep resumes where it stopped, losing at most the run in progress; the file
-is rewritten atomically after every run.
+before the first training step. Each finished run's record is appended to ``results.jsonl`` as
+one fsync'd line, so a killed sweep loses at most the runs in progress; runs already recorded with
+the same settings are skipped, so it resumes where it stopped.
+
+Under ``torchrun --nproc_per_node K`` the sweep's runs are dealt out over the K ranks
+(:func:`initium.distributed.shard`); each rank appends to its own ``results.rank{R}.jsonl`` (no two
+writers share a file), and at the end rank 0 merges them into ``results.jsonl`` in the order one
+process would have written, then removes them. :func:`load_results` reads the same merged view at
+any moment, so a report, or a rerun after a crash, sees what a one-process sweep would have left.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import math
 import platform
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__, batched
-from ._io import atomic_write_bytes, atomic_write_text, tensors_to_bytes
+from . import __version__, batched, distributed
+from ._io import append_line, atomic_write_bytes, atomic_write_text, tensors_to_bytes
 from .methods import DEFAULT_RULE, RULES, LearningRule, create
 from .nn import ARCHS
 from .precision import resolve_precision
@@ -39,6 +46,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
+SHARD_GLOB = "results.rank*.jsonl"
+_SHARD_RE = re.compile(r"results\.rank(\d+)\.jsonl")
 
 
 @dataclass(frozen=True)
@@ -64,25 +73,14 @@ class RunConfig:
     thresholds: tuple[float, ...] | None = None  # "steps to" columns; None: the task's own
     task_options: dict[str, Any] = field(default_factory=dict)
     rules: tuple[str, ...] | None = None
+    save_weights: bool = False  # each finished run's trained weights in OUT/weights/ (a model zoo reads them)
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``None`` -> CUDA when present, else CPU (decided now, never at import)."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ValueError(f"--device {device!r} is not a device name (cpu, cuda, cuda:1, mps)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device!r}: MPS is not available on this machine; use --device cpu")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {device!r}: initium runs on cpu, cuda or mps")
-    return dev
+def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
+    """``None`` -> CUDA when present, else CPU (decided now, never at import). On CUDA, ``None`` and
+    a bare ``"cuda"`` mean GPU ``local_rank``: under torchrun each rank trains on its own GPU
+    (:func:`initium.distributed.device_for`)."""
+    return distributed.device_for(distributed.Rank(local_rank=local_rank), device)
 
 
 def eval_steps(steps: int, every: int | None, checkpoints: tuple[int, ...]) -> list[int]:
@@ -147,22 +145,88 @@ def _identity(rec: dict[str, Any]) -> str:
     # records from before --precision: fp32 matmuls (on CUDA, convolutions then took cuDNN's TF32 default)
     ident["precision"] = rec.get("precision", "fp32")
     ident["rule"] = rec.get("rule", DEFAULT_RULE)  # records from before learning rules were backprop
-    ident["device"] = rec.get("device") or rec.get("env", {}).get("device")  # older records: in env only
+    device = rec.get("device") or rec.get("env", {}).get("device")  # older records: in env only
+    # the kind of device, not which one: a run resumed on another GPU (another rank) is the same run
+    ident["device"] = device.split(":")[0] if isinstance(device, str) else device
     return json.dumps(ident, sort_keys=True, default=str)
 
 
-def load_results(out: str | Path) -> list[dict[str, Any]]:
-    """The records of ``out/results.jsonl`` (an unreadable last line, from a crash, is skipped)."""
-    path = Path(out) / RESULTS
+def _slug(rec: dict[str, Any]) -> str:
+    """A run's file name (snapshots, weights): readable, and unique per run identity even where two
+    method specs slug alike or two architectures share a folder."""
+    spec = str(rec["method"])
+    digest = hashlib.sha1(_identity(rec).encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", spec) + f"_{digest}_seed{rec['seed']}"
+
+
+def _shard_path(out: Path, rank: int) -> Path:
+    return out / f"results.rank{rank}.jsonl"
+
+
+def _shard_files(out: Path) -> list[Path]:
+    """The shard files in ``out``, by rank."""
+    found = [(int(m[1]), p) for p in out.glob(SHARD_GLOB) if (m := _SHARD_RE.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    """One file's records in file order; a torn line (a writer killed mid-line) and lines that are
+    not run records are skipped with a warning."""
     if not path.exists():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
         try:
-            records.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
-            log.warning("skipping an unreadable line in %s", path)
+            log.warning("skipping an unreadable line (%s:%d)", path, n)
+            continue
+        if not isinstance(rec, dict) or not {"task", "method", "seed"} <= rec.keys():
+            log.warning("skipping a line that is not a run record (%s:%d)", path, n)
+            continue
+        records.append(rec)
     return records
+
+
+def _latest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per run identity, the last one (a retried run replaces its failure), in the
+    order of those last records: what rewriting the file after every run used to leave."""
+    latest: OrderedDict[str, dict[str, Any]] = OrderedDict()
+    for rec in records:
+        key = _identity(rec)
+        latest.pop(key, None)
+        latest[key] = rec
+    return list(latest.values())
+
+
+def load_results(out: str | Path) -> list[dict[str, Any]]:
+    """The records of ``out``: ``results.jsonl`` and, after it, any ``results.rank{R}.jsonl``
+    shards of a sharded sweep still running or killed before its merge, one record per run
+    identity (the later wins). Unreadable lines (from a crash) are skipped with a warning."""
+    out = Path(out)
+    records = _read_records(out / RESULTS)
+    for path in _shard_files(out):
+        records += _read_records(path)
+    return _latest(records)
+
+
+def _merge(out: Path, plan: Sequence[tuple[str, str, int]]) -> None:
+    """Fold the shard files into ``results.jsonl`` (atomically) and remove them: the records
+    already there keep their place, the shards' follow in the sweep's order (methods, then
+    seeds), as one process would have appended them. Run by one process while no rank writes."""
+    shards = _shard_files(out)
+    if not shards:
+        return
+    where = {key: k for k, key in enumerate(plan)}
+    new = _latest([rec for path in shards for rec in _read_records(path)])
+    new.sort(key=lambda r: where.get((r.get("method"), r.get("rule", DEFAULT_RULE), r.get("seed")), len(where)))
+    records = _latest(_read_records(out / RESULTS) + new)
+    atomic_write_text(out / RESULTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    for path in shards:
+        path.unlink(missing_ok=True)
+    log.info("merged %d shard file(s) into %s", len(shards), out / RESULTS)
 
 
 def sync(device: torch.device) -> None:
@@ -190,7 +254,9 @@ def _rules(cfg: RunConfig) -> tuple[str, ...]:
     return rules
 
 
-def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device, int, tuple[str, ...]]:
+def _prepare(
+    cfg: RunConfig, local_rank: int = 0
+) -> tuple[Task, str, dict[str, Any], torch.device, int, tuple[str, ...]]:
     """Check every name, option and input, and load the data: all before any training."""
     if cfg.steps is not None and (not isinstance(cfg.steps, int) or cfg.steps < 1):
         raise ValueError(f"--steps must be an int >= 1, got {cfg.steps!r}")
@@ -213,7 +279,7 @@ def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device, i
         raise ValueError(f"--arch takes one architecture, got {arch_spec!r}")
     arch, arch_kwargs = arch_parts[0]
     methods = [create(spec) for spec in cfg.methods]  # unknown names and options fail here
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, local_rank)
     task.setup(device)
     probe = task.build_model(arch, arch_kwargs).to(device)
     task.check_model(probe, arch_spec)
@@ -234,58 +300,75 @@ def batch_default(task: Task, device: torch.device) -> bool:
 
 
 def run(cfg: RunConfig, *, progress: ProgressFn | None = None) -> list[dict[str, Any]]:
-    """Train every method x seed of ``cfg`` and return all records in ``cfg.out/results.jsonl``.
+    """Train every method x seed of ``cfg`` and return all records of ``cfg.out`` (:func:`load_results`).
 
     With ``cfg.batch`` (default: :func:`batch_default`), the runs that come out of their init with
     the same architecture, backprop and learning rate train together, stacked
     (:meth:`Task.fit_batched`); a group in which a run diverges is trained again one by one.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) this joins the process group (:func:`initium.distributed.init`;
+    it leaves again at the end if it joined), every rank checks the inputs, trains its share of the
+    runs on its own device and appends to its own shard; rank 0 merges the shards, and every rank
+    returns the merged records.
     """
-    task, arch, arch_kwargs, device, steps, rules = _prepare(cfg)
+    joined = not distributed.is_joined()
+    me = distributed.init()
+    try:
+        return _run(cfg, me, progress)
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def _run(cfg: RunConfig, me: distributed.Rank, progress: ProgressFn | None) -> list[dict[str, Any]]:
+    task, arch, arch_kwargs, device, steps, rules = _prepare(cfg, me.local_rank)
     prec = resolve_precision(cfg.precision, device, task.precisions, f"task {task.name!r}")
     batch = batch_default(task, device) if cfg.batch is None else cfg.batch
     if batch and not task.batchable:
         raise ValueError(f"--batch: task {task.name!r} does not train runs stacked; use --no-batch")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    records = load_results(out)
-    done = {_identity(r) for r in records if r.get("status") == "ok"}  # failed runs are tried again
-    reference = getattr(task, "reference", None)
-    if reference is not None:
-        atomic_write_bytes(out / "reference.safetensors", tensors_to_bytes({"image": reference()}))
+    sweep = [(spec, rule, seed) for spec, rule in zip(cfg.methods, rules, strict=True) for seed in cfg.seeds]
+    if me.is_main:
+        if not me.is_distributed:  # shards a killed torchrun sweep left: fold them in before appending
+            _merge(out, sweep)
+        reference = getattr(task, "reference", None)
+        if reference is not None:
+            atomic_write_bytes(out / "reference.safetensors", tensors_to_bytes({"image": reference()}))
+    done = {_identity(r) for r in load_results(out) if r.get("status") == "ok"}  # failed runs are tried again
+    distributed.barrier()  # every rank has read what is done before any rank appends
     evals = eval_steps(steps, cfg.eval_every, task.checkpoints)
     snap_steps = [c for c in task.snapshot_steps if c < steps] + [steps]
     evals = sorted(set(evals) | set(snap_steps))
     plan = _Plan(cfg, task, arch, arch_kwargs, device, steps, prec, evals, snap_steps, out, progress)
+    dest = _shard_path(out, me.rank) if me.is_distributed else out / RESULTS
 
-    total, finished = len(cfg.methods) * len(cfg.seeds), 0
+    mine = distributed.shard(sweep, me)
+    total, finished = len(mine), 0
 
-    def advance() -> None:  # the sweep's own progress: one event per finished or skipped run
+    def advance() -> None:  # this rank's progress through its runs: one event per finished or skipped run
         nonlocal finished
         finished += 1
         if progress is not None:
             progress(Progress("sweep", finished, total, label=task.name))
 
     def save(r: _Run) -> None:
-        nonlocal records
-        rec = _finish(plan, r)
-        records = [x for x in records if _identity(x) != _identity(rec)] + [rec]
-        atomic_write_text(out / RESULTS, "".join(json.dumps(x, sort_keys=True) + "\n" for x in records))
+        append_line(dest, json.dumps(_finish(plan, r), sort_keys=True))
         advance()
 
     groups: dict[Any, list[_Run]] = {}
-    for spec, rule in zip(cfg.methods, rules, strict=True):
-        for seed in cfg.seeds:
-            r = _start(plan, spec, rule, seed, done)
-            if r is None:
-                advance()
-                continue
-            # custom backward passes (feedback alignment) do not vmap: other rules train one by one
-            if r.status == "ok" and batch and rule == DEFAULT_RULE:
-                groups.setdefault((batched.signature(r.model), r.rec["lr"]), []).append(r)
-            else:
-                if r.status == "ok":
-                    _train(plan, r)
-                save(r)
+    for spec, rule, seed in mine:
+        r = _start(plan, spec, rule, seed, done)
+        if r is None:
+            advance()
+            continue
+        # custom backward passes (feedback alignment) do not vmap: other rules train one by one
+        if r.status == "ok" and batch and rule == DEFAULT_RULE:
+            groups.setdefault((batched.signature(r.model), r.rec["lr"]), []).append(r)
+        else:
+            if r.status == "ok":
+                _train(plan, r)
+            save(r)
     for group in groups.values():
         if len(group) > 1:
             _train_group(plan, group)
@@ -293,7 +376,12 @@ def run(cfg: RunConfig, *, progress: ProgressFn | None = None) -> list[dict[str,
             if r.history is None:  # a group of one, or one that diverged: one by one
                 _train(plan, r)
             save(r)
-    return records
+    if me.is_distributed:
+        distributed.barrier()  # every shard is complete
+        if me.is_main:
+            _merge(out, sweep)
+        distributed.barrier()  # the merged file is in place
+    return load_results(out)
 
 
 @dataclass
@@ -369,7 +457,7 @@ def _start(plan: _Plan, spec: str, rule: str, seed: int, done: set[str]) -> _Run
         "eval_every": cfg.eval_every,
         "compile": cfg.compile,
         "precision": plan.precision,
-        "device": str(device),
+        "device": device.type,  # which GPU (a rank's own) is in env; the record is the same on any
     }
     if _identity(rec) in done:
         log.info("skipping %s seed %d: already in %s", spec, seed, RESULTS)
@@ -488,9 +576,13 @@ def _finish(plan: _Plan, r: _Run) -> dict[str, Any]:
     rec.update(extra)
     rec = json.loads(json.dumps(rec))  # exactly what results.jsonl holds (tuples become lists)
     if r.snaps:
-        spec, seed = rec["method"], rec["seed"]
-        # readable, and unique even where two specs slug alike
-        name = re.sub(r"[^A-Za-z0-9._=-]+", "_", spec) + f"_{hashlib.sha1(spec.encode()).hexdigest()[:6]}_seed{seed}"
-        rec["snapshots"] = f"snapshots/{name}.safetensors"
+        rec["snapshots"] = f"snapshots/{_slug(rec)}.safetensors"
         atomic_write_bytes(plan.out / rec["snapshots"], tensors_to_bytes(r.snaps))
+    if plan.cfg.save_weights and r.status == "ok":  # a diverged run's weights are no one's starting point
+        rec["weights"] = f"weights/{_slug(rec)}.safetensors"
+        # clones: safetensors refuses tensors that share memory (tied weights)
+        state = {k: v.detach().clone() for k, v in r.model.state_dict().items()}
+        meta = {"arch": str(rec["arch"]), "arch_config": json.dumps(rec["arch_config"], sort_keys=True),
+                "method": str(rec["method"]), "rule": str(rec["rule"]), "seed": str(rec["seed"])}  # fmt: skip
+        atomic_write_bytes(plan.out / rec["weights"], tensors_to_bytes(state, meta))
     return rec
