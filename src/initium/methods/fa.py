@@ -220,14 +220,14 @@ def backprop(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block every FA layer of ``model`` back-propagates with its true ``W`` (to measure
     the gradient FA approximates); outside it, each layer's own mode again."""
     layers = [m for _, m in feedback_layers(model)]
-    before = [m._backprop for m in layers]
+    before = [m.true_gradient for m in layers]
     for m in layers:
-        m._backprop = True
+        m.true_gradient = True
     try:
         yield model
     finally:
         for m, b in zip(layers, before, strict=True):
-            m._backprop = b
+            m.true_gradient = b
 
 
 def alignment(model: nn.Module) -> dict[str, float]:

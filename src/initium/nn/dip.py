@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .siren import _check_sizes
+from .siren import check_sizes
 
 __all__ = ["DIPNet"]
 
@@ -71,7 +71,7 @@ class DIPNet(nn.Module):
         skip_channels: int = 4,
     ) -> None:
         super().__init__()
-        _check_sizes(in_channels=in_channels, out_channels=out_channels, channels=channels, levels=levels)
+        check_sizes(in_channels=in_channels, out_channels=out_channels, channels=channels, levels=levels)
         if not isinstance(skip_channels, int) or isinstance(skip_channels, bool) or skip_channels < 0:
             raise ValueError(f"skip_channels must be an int >= 0 (0: no skip connections), got {skip_channels!r}")
         self.in_channels, self.out_channels, self.levels = in_channels, out_channels, levels

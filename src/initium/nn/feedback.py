@@ -312,7 +312,7 @@ class FeedbackLayer:
     feedback: torch.Tensor
     training: bool
     dfa_source: DFAOutputError | None
-    _backprop: bool
+    true_gradient: bool  # set by initium.fa.backprop(): the next backward uses W, whatever the mode
     _output_dim: int | None
     base: ClassVar[type[nn.Module]]
 
@@ -331,7 +331,7 @@ class FeedbackLayer:
                 f" (the size of the model's output), got {output_dim!r}"
             )
         self._output_dim = output_dim if self.rule.output_error else None
-        self._backprop = False  # set by initium.fa.backprop(): measure the true gradient
+        self.true_gradient = False  # set by initium.fa.backprop(): measure the true gradient
         self.dfa_source = None  # set by initium.fa.convert for DFA
         w = self.weight
         shape = self.rule.buffer_shape(w, output_dim)
@@ -366,7 +366,7 @@ class FeedbackLayer:
         return self.feedback_weight()
 
     def _uses_backprop(self) -> bool:
-        return self.rule.backprop or self._backprop
+        return self.rule.backprop or self.true_gradient
 
     def _dfa(self) -> tuple[DFAOutputError | None, int]:
         if not self.rule.output_error:

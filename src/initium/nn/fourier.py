@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .siren import _check_sizes
+from .siren import check_sizes
 
 __all__ = ["PEMLP", "FourierFeatures", "FourierMLP", "PositionalEncoding"]
 
@@ -104,7 +104,7 @@ class FourierMLP(EncodedMLP):
         features: int = 256,
         sigma: float = 10.0,
     ) -> None:
-        _check_sizes(
+        check_sizes(
             in_features=in_features, out_features=out_features, hidden=hidden, layers=layers, features=features
         )
         encoding = FourierFeatures(in_features, features, sigma)
@@ -117,7 +117,7 @@ class PEMLP(EncodedMLP):
     def __init__(
         self, in_features: int, out_features: int, hidden: int = 256, layers: int = 4, frequencies: int = 10
     ) -> None:
-        _check_sizes(
+        check_sizes(
             in_features=in_features, out_features=out_features, hidden=hidden, layers=layers, frequencies=frequencies
         )
         encoding = PositionalEncoding(in_features, frequencies)

@@ -7,7 +7,7 @@ import itertools
 import torch
 from torch import nn
 
-from .siren import Sine, _check_sizes
+from .siren import Sine, check_sizes
 
 __all__ = ["ACTIVATION_TYPES", "MLP", "DeepONet", "mlp_stack"]
 
@@ -41,7 +41,7 @@ class MLP(nn.Module):
         self, in_features: int, out_features: int, hidden: int = 256, layers: int = 4, activation: str = "tanh"
     ) -> None:
         super().__init__()
-        _check_sizes(in_features=in_features, out_features=out_features, hidden=hidden, layers=layers)
+        check_sizes(in_features=in_features, out_features=out_features, hidden=hidden, layers=layers)
         self.in_features, self.out_features = in_features, out_features
         self.config = dict(
             in_features=in_features, out_features=out_features, hidden=hidden, layers=layers, activation=activation
@@ -76,7 +76,7 @@ class DeepONet(nn.Module):
         activation: str = "tanh",
     ) -> None:
         super().__init__()
-        _check_sizes(out_features=out_features, hidden=hidden, layers=layers, basis=basis, coords=coords)
+        check_sizes(out_features=out_features, hidden=hidden, layers=layers, basis=basis, coords=coords)
         if not isinstance(in_features, int) or in_features <= coords:
             raise ValueError(f"in_features must be sensors + coords > coords={coords}, got {in_features!r}")
         self.in_features, self.out_features, self.coords = in_features, out_features, coords

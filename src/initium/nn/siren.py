@@ -52,7 +52,7 @@ class Siren(nn.Module):
         self, in_features: int, out_features: int, hidden: int = 256, layers: int = 3, w0: float = 30.0
     ) -> None:
         super().__init__()
-        _check_sizes(in_features=in_features, out_features=out_features, hidden=hidden, layers=layers)
+        check_sizes(in_features=in_features, out_features=out_features, hidden=hidden, layers=layers)
         if not w0 > 0:
             raise ValueError(f"w0 must be > 0, got {w0}")
         self.in_features, self.out_features = in_features, out_features
@@ -71,7 +71,8 @@ class Siren(nn.Module):
         return self.net(x)
 
 
-def _check_sizes(**sizes: int) -> None:
+def check_sizes(**sizes: int) -> None:
+    """Raise a ValueError naming the first size that is not a positive int (the models' shared check)."""
     for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
