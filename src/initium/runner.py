@@ -16,7 +16,7 @@ import math
 import platform
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,16 +29,16 @@ from ._io import atomic_write_bytes, atomic_write_text, tensors_to_bytes
 from .methods import create
 from .nn import ARCHS
 from .precision import resolve_precision
+from .records import RESULTS, load_results, metric_series, steps_to, value_at
 from .tasks import TASKS, Task
 from .train import ProgressFn, TrainingDiverged, progress_hook
 
 __all__ = [
-    "RunConfig", "batch_default", "eval_steps", "load_results", "metric_series", "resolve_device", "run", "steps_to",
-    "value_at",
+    "RESULTS", "RunConfig", "batch_default", "eval_steps", "load_results", "metric_series", "resolve_device", "run",
+    "steps_to", "value_at",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
-RESULTS = "results.jsonl"
 
 
 @dataclass(frozen=True)
@@ -91,41 +91,6 @@ def eval_steps(steps: int, every: int | None, checkpoints: tuple[int, ...]) -> l
     return sorted(set(range(0, steps + 1, every)) | {c for c in checkpoints if c <= steps} | {steps})
 
 
-def steps_to(
-    curve: Sequence[float | None],
-    threshold: float,
-    *,
-    steps: Sequence[int] | None = None,
-    higher_is_better: bool = True,
-) -> int | None:
-    """First step whose metric reaches ``threshold`` (``>=``, or ``<=`` for an error), or ``None``.
-
-    ``curve[i]`` is the metric at step ``steps[i]`` (default: at step ``i``); ``None`` never counts.
-    """
-    at = range(len(curve)) if steps is None else steps
-    for k, v in zip(at, curve, strict=True):
-        if v is not None and (v >= threshold if higher_is_better else v <= threshold):
-            return k
-    return None
-
-
-def metric_series(rec: dict[str, Any]) -> tuple[list[int], list[float | None]]:
-    """``(steps, values)`` of a record's headline metric: every step where the loss determines it,
-    else the evaluation steps."""
-    if rec.get("metric_every_step") is not None:
-        return list(range(len(rec["metric_every_step"]))), rec["metric_every_step"]
-    curve = rec.get("curve", {})
-    return list(curve.get("step", [])), list(curve.get(rec["metric"], []))
-
-
-def value_at(steps: Sequence[int], values: Sequence[float | None], step: int) -> float | None:
-    """The metric at ``step`` (``None`` where it was not evaluated or not finite)."""
-    try:
-        return values[list(steps).index(step)]
-    except ValueError:
-        return None
-
-
 def environment(device: torch.device) -> dict[str, Any]:
     """What a run ran on: versions, the device and its name, and the CPU threads (every record's ``env``)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
@@ -149,20 +114,6 @@ def _identity(rec: dict[str, Any]) -> str:
     ident["rule"] = rec.get("rule", "bp")  # records from before learning rules were backprop
     ident["device"] = rec.get("device") or rec.get("env", {}).get("device")  # older records: in env only
     return json.dumps(ident, sort_keys=True, default=str)
-
-
-def load_results(out: str | Path) -> list[dict[str, Any]]:
-    """The records of ``out/results.jsonl`` (an unreadable last line, from a crash, is skipped)."""
-    path = Path(out) / RESULTS
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("skipping an unreadable line in %s", path)
-    return records
 
 
 def sync(device: torch.device) -> None:
