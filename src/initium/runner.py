@@ -29,7 +29,7 @@ from ._io import atomic_write_bytes, atomic_write_text, tensors_to_bytes
 from .methods import create
 from .nn import ARCHS
 from .precision import resolve_precision
-from .records import RESULTS, load_results, metric_series, steps_to, value_at
+from .records import RESULTS, PlotSpec, load_results, metric_series, steps_to, value_at
 from .tasks import TASKS, Task
 from .train import ProgressFn, TrainingDiverged, progress_hook
 
@@ -201,7 +201,7 @@ def run(cfg: RunConfig, *, progress: ProgressFn | None = None) -> list[dict[str,
     reference = getattr(task, "reference", None)
     if reference is not None:
         atomic_write_bytes(out / "reference.safetensors", tensors_to_bytes({"image": reference()}))
-    evals = eval_steps(steps, cfg.eval_every, task.checkpoints)
+    evals = eval_steps(steps, cfg.eval_every, task.metric.checkpoints)
     snap_steps = [c for c in task.snapshot_steps if c < steps] + [steps]
     evals = sorted(set(evals) | set(snap_steps))
     plan = _Plan(cfg, task, arch, arch_kwargs, device, steps, prec, evals, snap_steps, out, progress)
@@ -264,6 +264,7 @@ class _Run:
     history: torch.Tensor | None = None
     curve: dict[str, list[Any]] = field(default_factory=lambda: {"step": []})
     snaps: dict[str, torch.Tensor] = field(default_factory=dict)
+    plots: tuple[PlotSpec, ...] = ()  # figures this run adds to its task's (e.g. its learning rule's)
 
 
 def _label(r: _Run) -> str:
@@ -298,7 +299,7 @@ def _start(plan: _Plan, spec: str, rule: str, seed: int, done: set[str]) -> _Run
         "rule": rule,
         "seed": seed,
         "steps": plan.steps,
-        "step_unit": task.step_unit,
+        "step_unit": task.metric.step_unit,
         "lr": lr,
         "eval_every": cfg.eval_every,
         "compile": cfg.compile,
@@ -390,17 +391,17 @@ def _finish(plan: _Plan, r: _Run) -> dict[str, Any]:
     if per_step is not None:
         every = [round(float(v), 4) if math.isfinite(v) else None for v in per_step.tolist()]
         every += [None] * (steps + 1 - len(every))  # a diverged run stops early
-    rec.update(status=r.status, metric=task.metric, higher_is_better=task.higher_is_better, curve=r.curve)
+    # the record describes itself: the report reads it without the task (the thresholds it ran with)
+    spec = task.metric.for_record(thresholds=plan.cfg.thresholds or None, extra_plots=r.plots)
+    rec.update(status=r.status, metric=spec.name, higher_is_better=spec.higher_is_better, curve=r.curve)
+    rec["metric_spec"] = spec.to_dict()
     rec["metric_every_step"] = every
     at, values = metric_series(rec)
-    better = task.higher_is_better
+    better = spec.higher_is_better
     rec.update(
-        at_step={str(c): value_at(at, values, c) for c in task.checkpoints if c <= steps}
+        at_step={str(c): value_at(at, values, c) for c in spec.checkpoints if c <= steps}
         | {"final": value_at(at, values, steps)},
-        steps_to={
-            f"{t:g}": steps_to(values, t, steps=at, higher_is_better=better)
-            for t in plan.cfg.thresholds or task.thresholds
-        },
+        steps_to={f"{t:g}": steps_to(values, t, steps=at, higher_is_better=better) for t in spec.thresholds},
         wall={"init_s": r.init_s, "train_s": r.train_s},
         method_info=r.method.info,
         env=environment(plan.device),

@@ -12,6 +12,7 @@ from torch import nn
 from .. import batched, train
 from .._registry import Registry
 from ..precision import PRECISIONS
+from ..records import MetricSpec
 
 __all__ = ["TASKS", "Task", "grid"]
 
@@ -34,20 +35,14 @@ class Task:
     """
 
     name: ClassVar[str] = ""
-    metric: ClassVar[str] = "psnr"  # the headline metric (a key of evaluate()'s result)
-    unit: ClassVar[str] = ""
-    higher_is_better: ClassVar[bool] = True  # False for errors: "steps to" means "down to"
-    log_scale: ClassVar[bool] = False  # plot the metric on a log axis (errors spanning decades)
-    metric_format: ClassVar[str] = ".1f"  # how the summary table prints it
+    # the headline metric (a key of evaluate()'s result) and how the report shows it: unit,
+    # direction, format, thresholds, checkpoints, summary columns, step unit, axis cap, plots. Every
+    # record carries it, so the report reads results without the task.
+    metric: ClassVar[MetricSpec] = MetricSpec("psnr")
     default_arch: ClassVar[str] = "siren"
     arch_aliases: ClassVar[dict[str, str]] = {}  # task-local --arch names: classify's "mlp" -> "classifier-mlp"
     lr_decay: ClassVar[tuple[float, int] | None] = None  # (gamma, every): lr *= gamma every N steps
-    metric_cap: ClassVar[float | None] = None  # the report's plots cap their axis here
-    thresholds: ClassVar[tuple[float, ...]] = ()  # "steps to reach" columns of the summary
-    checkpoints: ClassVar[tuple[int, ...]] = ()  # "metric at step" columns of the summary
     snapshot_steps: ClassVar[tuple[int, ...]] = ()  # steps whose predictions the report shows
-    summary_fields: ClassVar[tuple[tuple[str, str], ...]] = ()  # (record field, format): more table columns
-    step_unit: ClassVar[str] = "step"  # what one step of the curves is ("epoch" for minibatch tasks)
     default_steps: ClassVar[int] = 2000
     # runs of one architecture can train together (stacked parameters under torch.func.vmap): the
     # step is the default forward_loss (no autograd inside it) and the default fit
@@ -94,7 +89,7 @@ class Task:
         compile: bool = False,
         precision: str = "fp32",
     ) -> torch.Tensor:
-        """Train ``model`` for ``steps`` steps (the task's :attr:`step_unit`) and return the loss
+        """Train ``model`` for ``steps`` steps (``metric.step_unit``) and return the loss
         history, ``steps + 1`` values on the CPU; call ``on_eval(step, prediction at the training
         inputs)`` at the steps in ``evaluate_at``; raise :class:`initium.train.TrainingDiverged` on a
         non-finite loss. By default: :func:`initium.train.fit`, full-batch Adam. A task with another

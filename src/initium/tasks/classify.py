@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import fa
 from ..nn import ARCHS
+from ..records import MetricSpec, PlotSpec
 from ..train import _PROGRESS, TrainingDiverged
 from ._base import TASKS, Task
 from .data import load_digits, make_mnist1d
@@ -109,15 +110,13 @@ class Classify(Task):
     batchable = False  # minibatch epochs, its own fit
     precisions = ("fp32",)  # its minibatch loop has no autocast
     name = "classify"
-    metric = "test_acc"
-    unit = ""
-    higher_is_better = True
+    metric = MetricSpec(
+        "test_acc", format=".3f", thresholds=(0.9,), checkpoints=(1, 5), step_unit="epoch",
+        # the feedback-alignment curves per layer (absent, so not drawn, for backprop runs)
+        plots=(PlotSpec("layer_curves", "wb_angle"), PlotSpec("layer_curves", "update_angle")),
+    )  # fmt: skip
     default_arch = "classifier-mlp"
     arch_aliases: ClassVar[dict[str, str]] = {"mlp": "classifier-mlp", "cnn": "classifier-cnn"}
-    thresholds = (0.9,)
-    checkpoints = (1, 5)
-    metric_format = ".3f"
-    step_unit: ClassVar[str] = "epoch"
 
     def __init__(self, config: ClassifyConfig = ClassifyConfig()) -> None:
         c = config

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..metrics import psnr, ssim
 from ..nn import ARCHS
+from ..records import MetricSpec
 from ._base import TASKS, Task, grid
 
 __all__ = ["CT", "CTConfig", "disk_mask", "radon"]
@@ -57,11 +58,8 @@ class CT(Task):
     sinogram; the metric is the PSNR of the image against the phantom."""
 
     name = "ct"
-    metric = "psnr"
-    unit = "dB"
+    metric = MetricSpec("psnr", unit="dB", thresholds=(20.0, 25.0), checkpoints=(500, 1000))
     default_arch = "fourier"
-    thresholds = (20.0, 25.0)
-    checkpoints = (500, 1000)
     snapshot_steps = (100, 500)
 
     def __init__(self, config: CTConfig = CTConfig()) -> None:
