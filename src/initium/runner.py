@@ -27,7 +27,6 @@ from torch import nn
 from . import __version__, batched, fa
 from ._io import atomic_write_bytes, atomic_write_text, tensors_to_bytes
 from .methods import create
-from .nn import ARCHS
 from .precision import resolve_precision
 from .records import RESULTS, PlotSpec, load_results, metric_series, steps_to, value_at
 from .tasks import TASKS, Task
@@ -157,10 +156,7 @@ def _prepare(cfg: RunConfig) -> tuple[Task, str, dict[str, Any], torch.device, i
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"the run's length must be an int >= 1, got {steps!r}")
     arch_spec = cfg.arch or task.default_arch
-    arch_parts = ARCHS.parse(arch_spec, aliases=task.arch_aliases)
-    if len(arch_parts) != 1:
-        raise ValueError(f"--arch takes one architecture, got {arch_spec!r}")
-    arch, arch_kwargs = arch_parts[0]
+    arch, arch_kwargs = task.parse_arch(arch_spec)
     methods = [create(spec) for spec in cfg.methods]  # unknown names and options fail here
     device = resolve_device(cfg.device)
     task.setup(device)
@@ -198,9 +194,8 @@ def run(cfg: RunConfig, *, progress: ProgressFn | None = None) -> list[dict[str,
     out.mkdir(parents=True, exist_ok=True)
     records = load_results(out)
     done = {_identity(r) for r in records if r.get("status") == "ok"}  # failed runs are tried again
-    reference = getattr(task, "reference", None)
-    if reference is not None:
-        atomic_write_bytes(out / "reference.safetensors", tensors_to_bytes({"image": reference()}))
+    if (reference := task.reference()) is not None:
+        atomic_write_bytes(out / "reference.safetensors", tensors_to_bytes({"image": reference}))
     evals = eval_steps(steps, cfg.eval_every, task.metric.checkpoints)
     snap_steps = [c for c in task.snapshot_steps if c < steps] + [steps]
     evals = sorted(set(evals) | set(snap_steps))
@@ -286,7 +281,8 @@ def _start(plan: _Plan, spec: str, rule: str, seed: int, done: set[str]) -> _Run
     model = task.build_model(plan.arch, plan.arch_kwargs).to(device)
     if rule != "bp":  # B is drawn from its own generator: the weights match the bp run's
         model = fa.convert(model, rule, seed=seed)
-    lr = cfg.lr if cfg.lr is not None else task.default_lr(model)
+    # the architecture's own learning rate (every registered one carries the one its paper trains with)
+    lr = cfg.lr if cfg.lr is not None else float(getattr(model, "default_lr", 1e-4))
     method = create(spec, seed=seed)
     rec: dict[str, Any] = {
         "task": task.name,

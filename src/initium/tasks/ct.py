@@ -88,8 +88,12 @@ class CT(Task):
         n = self.config.size
         return pred.reshape(n, n) * self.mask
 
-    def output_shape(self) -> tuple[int, ...]:
-        return (len(self.inputs), 1)  # one value per pixel; the target is the sinogram
+    def check_model(self, model: nn.Module, arch: str) -> None:
+        """One value per pixel: the target is the sinogram, not the image, so its shape says nothing."""
+        with torch.no_grad():
+            shape = tuple(model(self.inputs).shape)
+        if shape != (len(self.inputs), 1):
+            raise ValueError(f"--arch {arch!r} outputs shape {shape}, but the task needs {(len(self.inputs), 1)}")
 
     def forward_loss(
         self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor
