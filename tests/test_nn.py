@@ -85,7 +85,15 @@ def test_archs_map_coordinates_to_channels(arch):
     assert model(grid(5, 5)).shape == (25, 3)
 
 
-@pytest.mark.parametrize("bad", [dict(hidden=0), dict(layers=-1), dict(w0=0.0), dict(hidden=2.5)])
-def test_siren_rejects_bad_sizes(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (dict(hidden=0), "hidden must be a positive int, got 0"),
+        (dict(layers=-1), "layers must be a positive int, got -1"),
+        (dict(w0=0.0), r"w0 must be > 0, got 0\.0"),
+        (dict(hidden=2.5), r"hidden must be a positive int, got 2\.5"),
+    ],
+)
+def test_siren_rejects_bad_sizes(bad, match):
+    with pytest.raises(ValueError, match=match):
         Siren(2, 1, **bad)

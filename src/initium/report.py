@@ -3,14 +3,19 @@
 ``summarize`` gives the table the CLI prints and ``summary.md`` holds: for each method, the
 headline metric at the task's checkpoints and at the end, and the steps to reach each threshold,
 as mean +- the half-width of a 95% t-interval over seeds.
+
+Everything is read off the records: each carries its :class:`~initium.records.MetricSpec` (unit,
+checkpoints, columns, the plots to draw), so the report knows no task, method or curve by name and
+a results folder reports the same after its task has changed or gone.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +25,11 @@ from safetensors.numpy import load_file
 from scipy import stats
 
 from ._io import atomic_write_text
-from .metrics import BANDS
-from .runner import load_results, metric_series, steps_to, value_at
-from .tasks import TASKS
+from .records import PlotSpec, load_results, metric_series, spec_of, steps_to, value_at
 
-__all__ = ["Table", "mean_ci", "summarize", "write_report"]
+__all__ = ["PLOTTERS", "Table", "mean_ci", "summarize", "write_report"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,10 +79,6 @@ def group(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return dict(groups)
 
 
-def _task_class(rec: dict[str, Any]) -> Any:
-    return TASKS.entry(rec["task"]).factory
-
-
 def _thresholds(records: list[dict[str, Any]]) -> list[str]:
     """Every threshold any record was run with, the easiest first."""
     higher = records[0].get("higher_is_better", True) if records else True
@@ -93,14 +94,14 @@ def summarize(records: list[dict[str, Any]]) -> Table:
     if not ok:
         return Table("no finished runs", ["method"], [])
     first = ok[0]
-    cls, steps = _task_class(first), min(r["steps"] for r in ok)
-    metric, unit = first["metric"], f" {cls.unit}" if cls.unit else ""
+    spec, steps = spec_of(first), min(r["steps"] for r in ok)
+    metric, unit = first["metric"], f" {spec.unit}" if spec.unit else ""
     higher = first.get("higher_is_better", True)
-    checkpoints = [c for c in cls.checkpoints if c < steps]
+    checkpoints = [c for c in spec.checkpoints if c < steps]
     thresholds = _thresholds(ok)
     columns = ["method", "seeds"] + [f"{metric}@{c}" for c in checkpoints] + [f"{metric}@{steps}"]
-    columns += [f"{cls.step_unit}s→{t}{unit}" for t in thresholds]
-    columns += [name for name, _ in cls.summary_fields] + ["init+train s"]
+    columns += [f"{spec.step_unit}s→{t}{unit}" for t in thresholds]
+    columns += [name for name, _ in spec.summary_fields] + ["init+train s"]
     rows = []
     for label, runs in group(records).items():
         done = [r for r in runs if r.get("status") == "ok"]
@@ -111,18 +112,17 @@ def summarize(records: list[dict[str, Any]]) -> Table:
         series = [metric_series(r) for r in done]
         series = [([k for k in at if k <= steps], vals[: sum(k <= steps for k in at)]) for at, vals in series]
         row = [label, str(n) + ("" if n == len(runs) else f" ({len(runs) - n} failed)")]
-        spec = cls.metric_format
-        row += [_fmt([value_at(at, v, k) for at, v in series], spec, n) for k in [*checkpoints, steps]]
+        row += [_fmt([value_at(at, v, k) for at, v in series], spec.format, n) for k in [*checkpoints, steps]]
         row += [
             _fmt([steps_to(v, float(t), steps=at, higher_is_better=higher) for at, v in series], ".0f", n)
             for t in thresholds
         ]
-        row += [_fmt([r.get(name) for r in done], spec, n) for name, spec in cls.summary_fields]
+        row += [_fmt([r.get(name) for r in done], fmt, n) for name, fmt in spec.summary_fields]
         init, train = (float(np.mean([r["wall"][k] for r in done])) for k in ("init_s", "train_s"))
         row.append(f"{init:.1f}+{train:.1f}")
         rows.append(row)
     title = (
-        f"{first['task']} · {first.get('arch_spec', first['arch'])} · {steps} {cls.step_unit}s"
+        f"{first['task']} · {first.get('arch_spec', first['arch'])} · {steps} {spec.step_unit}s"
         " · mean ± 95% CI over seeds"
     )
     return Table(title, columns, rows)
@@ -151,22 +151,21 @@ def plot_metric(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
-    metric = next(iter(groups.values()))[0]["metric"]
     first = next(iter(groups.values()))[0]
-    cls = _task_class(first)
+    metric, spec = first["metric"], spec_of(first)
     for label, runs in groups.items():
         ys = _stack(runs, lambda r: [np.nan if v is None else v for v in metric_series(r)[1]])
         at = np.asarray(metric_series(runs[0])[0][: ys.shape[1]])
-        _band(ax, at, ys, label, log=cls.log_scale)
-    if cls.log_scale:
+        _band(ax, at, ys, label, log=spec.log_scale)
+    if spec.log_scale:
         ax.set_yscale("log")
     for t in _thresholds([r for runs in groups.values() for r in runs]):
         ax.axhline(float(t), color="0.6", lw=0.8, ls=":")
     title = f"{metric} vs step (mean, 95% band over seeds)"
-    if cls.metric_cap is not None and ax.get_ylim()[1] > cls.metric_cap:
-        ax.set_ylim(top=cls.metric_cap)  # keep the range where inits differ readable
-        title += f", axis capped at {cls.metric_cap:g}"
-    ax.set(xlabel=cls.step_unit, ylabel=metric.upper() + (f" ({cls.unit})" if cls.unit else ""), title=title)
+    if spec.cap is not None and ax.get_ylim()[1] > spec.cap:
+        ax.set_ylim(top=spec.cap)  # keep the range where inits differ readable
+        title += f", axis capped at {spec.cap:g}"
+    ax.set(xlabel=spec.step_unit, ylabel=metric.upper() + (f" ({spec.unit})" if spec.unit else ""), title=title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.savefig(path, dpi=120)
@@ -174,42 +173,87 @@ def plot_metric(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path:
     return path
 
 
-def plot_bands(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
-    """Relative error per frequency band vs step: where high frequencies arrive."""
+def _panels(
+    groups: dict[str, list[dict[str, Any]]],
+    plot: PlotSpec,
+    keys: dict[str, str],
+    step_unit: str,
+    path: Path,
+    *,
+    width: float,
+    height: float,
+    legend_on: int,
+    legend_size: int,
+    sharey: bool,
+) -> Path:
+    """One panel per curve key (``keys``: curve key -> panel name), one line per method with a 95%
+    band over seeds; a method whose runs lack a key is left out of that panel."""
     import matplotlib.pyplot as plt
 
-    curve = next(iter(groups.values()))[0]["curve"]
-    bands = [f"band_{b}" for b in BANDS if f"band_{b}" in curve]
-    if not bands:
-        return None
-    fig, axes = plt.subplots(1, len(bands), figsize=(4 * len(bands), 3.6), layout="constrained", sharey=True)
-    for ax, band in zip(np.atleast_1d(axes), bands, strict=True):
+    fig, axes = plt.subplots(
+        1, len(keys), figsize=(width * len(keys), height), layout="constrained", squeeze=False, sharey=sharey
+    )
+    for ax, (key, panel) in zip(axes[0], keys.items(), strict=True):
         for label, runs in groups.items():
+            if key not in runs[0]["curve"]:
+                continue
             x = np.asarray(runs[0]["curve"]["step"])
-            ys = _stack(runs, lambda r, b=band: r["curve"][b])
-            _band(ax, x[: ys.shape[1]], ys, label, log=True)
-        ax.set(yscale="log", xlabel="step", title=f"{band[5:]} frequencies")
-        ax.grid(alpha=0.3, which="both")
-    np.atleast_1d(axes)[0].set_ylabel("relative error in band")
-    np.atleast_1d(axes)[-1].legend(fontsize=8)
+            ys = _stack(runs, lambda r, k=key: [np.nan if v is None else v for v in r["curve"][k]])
+            _band(ax, x[: ys.shape[1]], ys, label, log=plot.log)
+        ax.set(xlabel=step_unit, title=plot.title.replace("{}", panel))
+        if plot.log:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both" if plot.log else "major")
+    if plot.ylabel:
+        axes[0][0].set_ylabel(plot.ylabel)
+    axes[0][legend_on].legend(fontsize=legend_size)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
 
 
-def plot_ntk(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path | None:
-    """Eigenvalues of the empirical NTK at the end of training, descending, per method (geometric
-    mean and 95% band over seeds): a flatter spectrum is a better-conditioned kernel."""
+def _curve_keys(groups: dict[str, list[dict[str, Any]]], prefix: str) -> list[str]:
+    return sorted({k for runs in groups.values() for k in runs[0]["curve"] if k.startswith(prefix)})
+
+
+def plot_curves(groups: dict[str, list[dict[str, Any]]], plot: PlotSpec, step_unit: str, path: Path) -> Path | None:
+    """``kind="curves"``: every curve key starting with ``plot.key`` (e.g. the frequency bands'
+    ``band_low``...) vs step, one panel each, in ``plot.panels`` order; ``None`` when no run has one."""
+    found = _curve_keys(groups, plot.key)
+    order = [plot.key + p for p in plot.panels if plot.key + p in found]
+    keys = {k: k[len(plot.key) :] for k in order + [k for k in found if k not in order]}
+    if not keys:
+        return None
+    return _panels(groups, plot, keys, step_unit, path, width=4, height=3.6, legend_on=-1, legend_size=8, sharey=True)
+
+
+def plot_layer_curves(
+    groups: dict[str, list[dict[str, Any]]], plot: PlotSpec, step_unit: str, path: Path
+) -> Path | None:
+    """``kind="layer_curves"``: curves ``key/<layer>`` (e.g. the feedback-alignment ``wb_angle`` per
+    layer) vs step, one panel per layer; ``None`` when no run has them."""
+    keys = {k: k.split("/", 1)[1] for k in _curve_keys(groups, plot.key + "/")}
+    if not keys:
+        return None
+    return _panels(
+        groups, plot, keys, step_unit, path, width=3.6, height=3.4, legend_on=0, legend_size=7, sharey=False
+    )  # fmt: skip
+
+
+def plot_spectrum(groups: dict[str, list[dict[str, Any]]], plot: PlotSpec, step_unit: str, path: Path) -> Path | None:
+    """``kind="spectrum"``: the array ``record["analysis"][key]`` (e.g. the NTK's eigenvalues after
+    training, descending) vs its index, log-log, per method (geometric mean and 95% band over seeds
+    with ``log``); only methods whose every run has it; ``None`` when none has."""
     import matplotlib.pyplot as plt
 
-    with_ntk = {k: v for k, v in groups.items() if all("ntk_eigenvalues" in r.get("analysis", {}) for r in v)}
-    if not with_ntk:
+    with_key = {k: v for k, v in groups.items() if all(plot.key in r.get("analysis", {}) for r in v)}
+    if not with_key:
         return None
     fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-    for label, runs in with_ntk.items():
-        ys = _stack(runs, lambda r: r["analysis"]["ntk_eigenvalues"])
-        _band(ax, np.arange(1, ys.shape[1] + 1), ys, label, log=True)
-    ax.set(xscale="log", yscale="log", xlabel="index", ylabel="eigenvalue", title="empirical NTK after training")
+    for label, runs in with_key.items():
+        ys = _stack(runs, lambda r: r["analysis"][plot.key])
+        _band(ax, np.arange(1, ys.shape[1] + 1), ys, label, log=plot.log)
+    ax.set(xscale="log", yscale="log", xlabel="index", ylabel=plot.ylabel or plot.key, title=plot.title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.savefig(path, dpi=120)
@@ -217,31 +261,19 @@ def plot_ntk(groups: dict[str, list[dict[str, Any]]], path: Path) -> Path | None
     return path
 
 
-def plot_layer_curves(groups: dict[str, list[dict[str, Any]]], key: str, path: Path) -> Path | None:
-    """Curves ``key/<layer>`` (e.g. the feedback-alignment ``wb_angle`` per layer) vs step, one panel
-    per layer, one line per method with a 95% band over seeds; ``None`` when no run has them."""
-    import matplotlib.pyplot as plt
+PlotFn = Callable[[dict[str, list[dict[str, Any]]], PlotSpec, str, Path], Path | None]
+PLOTTERS: dict[str, PlotFn] = {"curves": plot_curves, "layer_curves": plot_layer_curves, "spectrum": plot_spectrum}
+"""The generic plot function of each :data:`initium.records.PLOT_KINDS` kind: ``(groups, plot,
+step unit, path) -> path``, or ``None`` when no run has what the plot reads."""
 
-    curves = [runs[0]["curve"] for runs in groups.values()]
-    layers = sorted({k.split("/", 1)[1] for curve in curves for k in curve if k.startswith(key + "/")})
-    if not layers:
-        return None
-    unit = _task_class(next(iter(groups.values()))[0]).step_unit
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.4), layout="constrained", squeeze=False)
-    for ax, layer in zip(axes[0], layers, strict=True):
-        for label, runs in groups.items():
-            name = f"{key}/{layer}"
-            if name not in runs[0]["curve"]:
-                continue
-            x = np.asarray(runs[0]["curve"]["step"])
-            ys = _stack(runs, lambda r, n=name: [np.nan if v is None else v for v in r["curve"][n]])
-            _band(ax, x[: ys.shape[1]], ys, label)
-        ax.set(xlabel=unit, title=f"{key} · {layer}")
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+
+def _declared_plots(records: list[dict[str, Any]]) -> list[PlotSpec]:
+    """Every plot the records declare, in order, once per file name (the first declaration wins)."""
+    plots: dict[str, PlotSpec] = {}
+    for r in records:
+        for p in spec_of(r).plots:
+            plots.setdefault(p.name, p)
+    return list(plots.values())
 
 
 def plot_reconstructions(groups: dict[str, list[dict[str, Any]]], out: Path, path: Path) -> Path | None:
@@ -292,15 +324,17 @@ def write_report(out: str | Path) -> dict[str, Path]:
     files: dict[str, Path] = {}
     if groups:
         files["metric"] = plot_metric(groups, out / "plots" / f"{records[0]['metric']}.png")
-        for name, made in (
-            ("bands", plot_bands(groups, out / "plots" / "bands.png")),
-            ("ntk", plot_ntk(groups, out / "plots" / "ntk.png")),
-            ("reconstructions", plot_reconstructions(groups, out, out / "plots" / "reconstructions.png")),
-            ("wb_angle", plot_layer_curves(groups, "wb_angle", out / "plots" / "wb_angle.png")),
-            ("update_angle", plot_layer_curves(groups, "update_angle", out / "plots" / "update_angle.png")),
-        ):
-            if made is not None:
-                files[name] = made
+        ok = [r for runs in groups.values() for r in runs]
+        unit = spec_of(ok[0]).step_unit
+        taken = {"metric", "reconstructions", "summary", "html", records[0]["metric"]}
+        for plot in _declared_plots(ok):
+            if plot.name in taken:  # its file would overwrite another
+                log.warning("not drawing plot %r: the report's own %r has that name", plot.key, plot.name)
+                continue
+            if (made := PLOTTERS[plot.kind](groups, plot, unit, out / "plots" / f"{plot.name}.png")) is not None:
+                files[plot.name] = made
+        if (made := plot_reconstructions(groups, out, out / "plots" / "reconstructions.png")) is not None:
+            files["reconstructions"] = made
     env = records[-1].get("env", {})
     env_line = ", ".join(f"{k} {v}" for k, v in env.items())
     images = "\n".join(f"![{k}](plots/{p.name})" for k, p in files.items())

@@ -22,7 +22,6 @@ import math
 import platform
 import re
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,20 +33,28 @@ from torch import nn
 from . import __version__, batched, distributed
 from ._io import append_line, atomic_write_bytes, atomic_write_text, tensors_to_bytes
 from .methods import DEFAULT_RULE, RULES, LearningRule, create
-from .nn import ARCHS
 from .precision import resolve_precision
+from .records import (
+    RESULTS,
+    identity,
+    latest,
+    load_results,
+    metric_series,
+    read_records,
+    shard_files,
+    shard_path,
+    steps_to,
+    value_at,
+)  # fmt: skip
 from .tasks import TASKS, Task
 from .train import Progress, ProgressFn, TrainingDiverged, progress_hook
 
 __all__ = [
-    "RunConfig", "batch_default", "eval_steps", "load_results", "metric_series", "resolve_device", "run", "steps_to",
-    "value_at",
+    "RESULTS", "RunConfig", "batch_default", "eval_steps", "load_results", "metric_series", "resolve_device", "run",
+    "steps_to", "value_at",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
-RESULTS = "results.jsonl"
-SHARD_GLOB = "results.rank*.jsonl"
-_SHARD_RE = re.compile(r"results\.rank(\d+)\.jsonl")
 
 
 @dataclass(frozen=True)
@@ -89,41 +96,6 @@ def eval_steps(steps: int, every: int | None, checkpoints: tuple[int, ...]) -> l
     return sorted(set(range(0, steps + 1, every)) | {c for c in checkpoints if c <= steps} | {steps})
 
 
-def steps_to(
-    curve: Sequence[float | None],
-    threshold: float,
-    *,
-    steps: Sequence[int] | None = None,
-    higher_is_better: bool = True,
-) -> int | None:
-    """First step whose metric reaches ``threshold`` (``>=``, or ``<=`` for an error), or ``None``.
-
-    ``curve[i]`` is the metric at step ``steps[i]`` (default: at step ``i``); ``None`` never counts.
-    """
-    at = range(len(curve)) if steps is None else steps
-    for k, v in zip(at, curve, strict=True):
-        if v is not None and (v >= threshold if higher_is_better else v <= threshold):
-            return k
-    return None
-
-
-def metric_series(rec: dict[str, Any]) -> tuple[list[int], list[float | None]]:
-    """``(steps, values)`` of a record's headline metric: every step where the loss determines it,
-    else the evaluation steps."""
-    if rec.get("metric_every_step") is not None:
-        return list(range(len(rec["metric_every_step"]))), rec["metric_every_step"]
-    curve = rec.get("curve", {})
-    return list(curve.get("step", [])), list(curve.get(rec["metric"], []))
-
-
-def value_at(steps: Sequence[int], values: Sequence[float | None], step: int) -> float | None:
-    """The metric at ``step`` (``None`` where it was not evaluated or not finite)."""
-    try:
-        return values[list(steps).index(step)]
-    except ValueError:
-        return None
-
-
 def environment(device: torch.device) -> dict[str, Any]:
     """What a run ran on: versions, the device and its name, and the CPU threads (every record's ``env``)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
@@ -138,91 +110,25 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def _identity(rec: dict[str, Any]) -> str:
-    """What makes two runs the same run (for resuming)."""
-    keys = ("task", "task_config", "arch", "arch_config", "method", "seed", "steps", "lr", "eval_every", "compile")
-    ident = {k: rec.get(k) for k in keys}
-    # records from before --precision: fp32 matmuls (on CUDA, convolutions then took cuDNN's TF32 default)
-    ident["precision"] = rec.get("precision", "fp32")
-    ident["rule"] = rec.get("rule", DEFAULT_RULE)  # records from before learning rules were backprop
-    device = rec.get("device") or rec.get("env", {}).get("device")  # older records: in env only
-    # the kind of device, not which one: a run resumed on another GPU (another rank) is the same run
-    ident["device"] = device.split(":")[0] if isinstance(device, str) else device
-    return json.dumps(ident, sort_keys=True, default=str)
-
-
 def _slug(rec: dict[str, Any]) -> str:
     """A run's file name (snapshots, weights): readable, and unique per run identity even where two
     method specs slug alike or two architectures share a folder."""
     spec = str(rec["method"])
-    digest = hashlib.sha1(_identity(rec).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(identity(rec).encode()).hexdigest()[:8]
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", spec) + f"_{digest}_seed{rec['seed']}"
-
-
-def _shard_path(out: Path, rank: int) -> Path:
-    return out / f"results.rank{rank}.jsonl"
-
-
-def _shard_files(out: Path) -> list[Path]:
-    """The shard files in ``out``, by rank."""
-    found = [(int(m[1]), p) for p in out.glob(SHARD_GLOB) if (m := _SHARD_RE.fullmatch(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    """One file's records in file order; a torn line (a writer killed mid-line) and lines that are
-    not run records are skipped with a warning."""
-    if not path.exists():
-        return []
-    records = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            log.warning("skipping an unreadable line (%s:%d)", path, n)
-            continue
-        if not isinstance(rec, dict) or not {"task", "method", "seed"} <= rec.keys():
-            log.warning("skipping a line that is not a run record (%s:%d)", path, n)
-            continue
-        records.append(rec)
-    return records
-
-
-def _latest(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per run identity, the last one (a retried run replaces its failure), in the
-    order of those last records: what rewriting the file after every run used to leave."""
-    latest: OrderedDict[str, dict[str, Any]] = OrderedDict()
-    for rec in records:
-        key = _identity(rec)
-        latest.pop(key, None)
-        latest[key] = rec
-    return list(latest.values())
-
-
-def load_results(out: str | Path) -> list[dict[str, Any]]:
-    """The records of ``out``: ``results.jsonl`` and, after it, any ``results.rank{R}.jsonl``
-    shards of a sharded sweep still running or killed before its merge, one record per run
-    identity (the later wins). Unreadable lines (from a crash) are skipped with a warning."""
-    out = Path(out)
-    records = _read_records(out / RESULTS)
-    for path in _shard_files(out):
-        records += _read_records(path)
-    return _latest(records)
 
 
 def _merge(out: Path, plan: Sequence[tuple[str, str, int]]) -> None:
     """Fold the shard files into ``results.jsonl`` (atomically) and remove them: the records
     already there keep their place, the shards' follow in the sweep's order (methods, then
     seeds), as one process would have appended them. Run by one process while no rank writes."""
-    shards = _shard_files(out)
+    shards = shard_files(out)
     if not shards:
         return
     where = {key: k for k, key in enumerate(plan)}
-    new = _latest([rec for path in shards for rec in _read_records(path)])
+    new = latest([rec for path in shards for rec in read_records(path)])
     new.sort(key=lambda r: where.get((r.get("method"), r.get("rule", DEFAULT_RULE), r.get("seed")), len(where)))
-    records = _latest(_read_records(out / RESULTS) + new)
+    records = latest(read_records(out / RESULTS) + new)
     atomic_write_text(out / RESULTS, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     for path in shards:
         path.unlink(missing_ok=True)
@@ -274,10 +180,7 @@ def _prepare(
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"the run's length must be an int >= 1, got {steps!r}")
     arch_spec = cfg.arch or task.default_arch
-    arch_parts = ARCHS.parse(arch_spec, aliases=task.arch_aliases)
-    if len(arch_parts) != 1:
-        raise ValueError(f"--arch takes one architecture, got {arch_spec!r}")
-    arch, arch_kwargs = arch_parts[0]
+    arch, arch_kwargs = task.parse_arch(arch_spec)
     methods = [create(spec) for spec in cfg.methods]  # unknown names and options fail here
     device = resolve_device(cfg.device, local_rank)
     task.setup(device)
@@ -332,16 +235,15 @@ def _run(cfg: RunConfig, me: distributed.Rank, progress: ProgressFn | None) -> l
     if me.is_main:
         if not me.is_distributed:  # shards a killed torchrun sweep left: fold them in before appending
             _merge(out, sweep)
-        reference = getattr(task, "reference", None)
-        if reference is not None:
-            atomic_write_bytes(out / "reference.safetensors", tensors_to_bytes({"image": reference()}))
-    done = {_identity(r) for r in load_results(out) if r.get("status") == "ok"}  # failed runs are tried again
+        if (reference := task.reference()) is not None:
+            atomic_write_bytes(out / "reference.safetensors", tensors_to_bytes({"image": reference}))
+    done = {identity(r) for r in load_results(out) if r.get("status") == "ok"}  # failed runs are tried again
     distributed.barrier()  # every rank has read what is done before any rank appends
-    evals = eval_steps(steps, cfg.eval_every, task.checkpoints)
+    evals = eval_steps(steps, cfg.eval_every, task.metric.checkpoints)
     snap_steps = [c for c in task.snapshot_steps if c < steps] + [steps]
     evals = sorted(set(evals) | set(snap_steps))
     plan = _Plan(cfg, task, arch, arch_kwargs, device, steps, prec, evals, snap_steps, out, progress)
-    dest = _shard_path(out, me.rank) if me.is_distributed else out / RESULTS
+    dest = shard_path(out, me.rank) if me.is_distributed else out / RESULTS
 
     mine = distributed.shard(sweep, me)
     total, finished = len(mine), 0
@@ -439,7 +341,8 @@ def _start(plan: _Plan, spec: str, rule: str, seed: int, done: set[str]) -> _Run
     learning = RULES.build(rule)
     # a rule draws from its own generators (FA's B): the weights match the backprop run's
     model = learning(model, seed=seed)
-    lr = cfg.lr if cfg.lr is not None else task.default_lr(model)
+    # the architecture's own learning rate (every registered one carries the one its paper trains with)
+    lr = cfg.lr if cfg.lr is not None else float(getattr(model, "default_lr", 1e-4))
     method = create(spec, seed=seed)
     rec: dict[str, Any] = {
         "task": task.name,
@@ -452,14 +355,14 @@ def _start(plan: _Plan, spec: str, rule: str, seed: int, done: set[str]) -> _Run
         "rule": rule,
         "seed": seed,
         "steps": plan.steps,
-        "step_unit": task.step_unit,
+        "step_unit": task.metric.step_unit,
         "lr": lr,
         "eval_every": cfg.eval_every,
         "compile": cfg.compile,
         "precision": plan.precision,
         "device": device.type,  # which GPU (a rank's own) is in env; the record is the same on any
     }
-    if _identity(rec) in done:
+    if identity(rec) in done:
         log.info("skipping %s seed %d: already in %s", spec, seed, RESULTS)
         return None
     r = _Run(rec, model, method, learning)
@@ -554,17 +457,17 @@ def _finish(plan: _Plan, r: _Run) -> dict[str, Any]:
     if per_step is not None:
         every = [round(float(v), 4) if math.isfinite(v) else None for v in per_step.tolist()]
         every += [None] * (steps + 1 - len(every))  # a diverged run stops early
-    rec.update(status=r.status, metric=task.metric, higher_is_better=task.higher_is_better, curve=r.curve)
+    # the record describes itself: the report reads it without the task (the thresholds it ran with)
+    spec = task.metric.for_record(thresholds=plan.cfg.thresholds or None, extra_plots=r.rule.plots)
+    rec.update(status=r.status, metric=spec.name, higher_is_better=spec.higher_is_better, curve=r.curve)
+    rec["metric_spec"] = spec.to_dict()
     rec["metric_every_step"] = every
     at, values = metric_series(rec)
-    better = task.higher_is_better
+    better = spec.higher_is_better
     rec.update(
-        at_step={str(c): value_at(at, values, c) for c in task.checkpoints if c <= steps}
+        at_step={str(c): value_at(at, values, c) for c in spec.checkpoints if c <= steps}
         | {"final": value_at(at, values, steps)},
-        steps_to={
-            f"{t:g}": steps_to(values, t, steps=at, higher_is_better=better)
-            for t in plan.cfg.thresholds or task.thresholds
-        },
+        steps_to={f"{t:g}": steps_to(values, t, steps=at, higher_is_better=better) for t in spec.thresholds},
         wall={"init_s": r.init_s, "train_s": r.train_s},
         method_info=r.method.info,
         env=environment(plan.device),

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .._registry import Registry
+from ..records import PlotSpec
 
 __all__ = ["DEFAULT_RULE", "METHODS", "RULES", "Compose", "LearningRule", "Method", "create", "list_methods"]
 
@@ -62,7 +63,7 @@ class LearningRule:
     (``Task.probe``), and ``plots`` declares how the report draws what ``measure`` adds."""
 
     name: str = ""
-    plots: tuple[Any, ...] = ()
+    plots: tuple[PlotSpec, ...] = ()
 
     def __call__(self, model: nn.Module, *, seed: int = 0) -> nn.Module:
         return model

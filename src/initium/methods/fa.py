@@ -37,6 +37,7 @@ from torch import nn
 
 from ..metrics import angle, effective_dimensionality
 from ..nn.feedback import MODES, DFAOutputError, FAConv1d, FAConv2d, FALinear, FeedbackLayer, FeedbackMode, get_mode
+from ..records import PlotSpec
 from ..train import Steps, fit
 from ._base import METHODS, RULES, LearningRule, Method
 
@@ -502,6 +503,9 @@ class FeedbackRule(LearningRule):
     def __init__(self, mode: FeedbackMode) -> None:
         self.mode = mode
         self.name = mode.name
+        # W-B and update-vs-backprop angles per layer, one panel each (backprop has neither)
+        angles = (PlotSpec("layer_curves", "wb_angle"), PlotSpec("layer_curves", "update_angle"))
+        self.plots = () if mode.backprop else angles
 
     def __call__(self, model: nn.Module, *, seed: int = 0) -> nn.Module:
         return model if self.mode.backprop else convert(model, self.mode, seed=seed)

@@ -104,9 +104,7 @@ class FourierMLP(EncodedMLP):
         features: int = 256,
         sigma: float = 10.0,
     ) -> None:
-        check_sizes(
-            in_features=in_features, out_features=out_features, hidden=hidden, layers=layers, features=features
-        )
+        check_sizes(in_features=in_features, out_features=out_features, hidden=hidden, layers=layers, features=features)
         encoding = FourierFeatures(in_features, features, sigma)
         super().__init__(encoding, in_features, out_features, hidden, layers, features=features, sigma=sigma)
 

@@ -11,7 +11,9 @@ from torch import nn
 
 from .. import batched, train
 from .._registry import Registry
+from ..nn import ARCHS
 from ..precision import PRECISIONS
+from ..records import MetricSpec
 
 __all__ = ["TASKS", "Task", "grid"]
 
@@ -30,25 +32,18 @@ class Task:
 
     Subclasses set ``name`` and the class attributes below, take their config dataclass in
     ``__init__`` (validating it) and implement :meth:`setup`, :meth:`build_model`,
-    :meth:`evaluate`.
+    :meth:`evaluate`. The base holds only what more than one task needs; a hook that one task
+    alone would use belongs in that task.
     """
 
     name: ClassVar[str] = ""
-    metric: ClassVar[str] = "psnr"  # the headline metric (a key of evaluate()'s result)
-    unit: ClassVar[str] = ""
-    higher_is_better: ClassVar[bool] = True  # False for errors: "steps to" means "down to"
-    log_scale: ClassVar[bool] = False  # plot the metric on a log axis (errors spanning decades)
-    metric_format: ClassVar[str] = ".1f"  # how the summary table prints it
+    # the headline metric (a key of evaluate()'s result) and how the report shows it: unit,
+    # direction, format, thresholds, checkpoints, summary columns, step unit, axis cap, plots. Every
+    # record carries it, so the report reads results without the task.
+    metric: ClassVar[MetricSpec] = MetricSpec("psnr")
     default_arch: ClassVar[str] = "siren"
-    arch_aliases: ClassVar[dict[str, str]] = {}  # task-local --arch names: classify's "mlp" -> "classifier-mlp"
     lr_decay: ClassVar[tuple[float, int] | None] = None  # (gamma, every): lr *= gamma every N steps
-    metric_cap: ClassVar[float | None] = None  # the report's plots cap their axis here
-    thresholds: ClassVar[tuple[float, ...]] = ()  # "steps to reach" columns of the summary
-    checkpoints: ClassVar[tuple[int, ...]] = ()  # "metric at step" columns of the summary
     snapshot_steps: ClassVar[tuple[int, ...]] = ()  # steps whose predictions the report shows
-    summary_fields: ClassVar[tuple[tuple[str, str], ...]] = ()  # (record field, format): more table columns
-    step_unit: ClassVar[str] = "step"  # what one step of the curves is ("epoch" for minibatch tasks)
-    default_steps: ClassVar[int] = 2000
     # runs of one architecture can train together (stacked parameters under torch.func.vmap): the
     # step is the default forward_loss (no autograd inside it) and the default fit
     batchable: ClassVar[bool] = True
@@ -65,11 +60,16 @@ class Task:
         """Load or generate the data onto ``device`` (errors on bad data are raised here)."""
         raise NotImplementedError
 
+    def parse_arch(self, spec: str) -> tuple[str, dict[str, Any]]:
+        """``--arch`` -> ``(registered architecture, options)``, checked against the registry before
+        any work (unknown names and options fail here). A task with names of its own overrides it."""
+        parts = ARCHS.parse(spec)
+        if len(parts) != 1:
+            raise ValueError(f"--arch takes one architecture, got {spec!r}")
+        return parts[0]
+
     def build_model(self, arch: str, arch_kwargs: dict[str, Any]) -> nn.Module:
         raise NotImplementedError
-
-    def default_lr(self, model: nn.Module) -> float:
-        return float(getattr(model, "default_lr", 1e-4))
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.mean((pred - target) ** 2)
@@ -83,8 +83,9 @@ class Task:
         return self.loss(pred, target), pred
 
     def resolve_steps(self, steps: int | None) -> int:
-        """The training length of a run: ``steps`` as given (``--steps``), or the task's default."""
-        return self.default_steps if steps is None else steps
+        """The training length of a run: ``steps`` as given (``--steps``), else 2000 steps. A task
+        that counts its length otherwise (classify's epochs) overrides it."""
+        return 2000 if steps is None else steps
 
     def fit(
         self,
@@ -97,7 +98,7 @@ class Task:
         compile: bool = False,
         precision: str = "fp32",
     ) -> torch.Tensor:
-        """Train ``model`` for ``steps`` steps (the task's :attr:`step_unit`) and return the loss
+        """Train ``model`` for ``steps`` steps (``metric.step_unit``) and return the loss
         history, ``steps + 1`` values on the CPU; call ``on_eval(step, prediction at the training
         inputs)`` at the steps in ``evaluate_at``; raise :class:`initium.train.TrainingDiverged` on a
         non-finite loss. By default: :func:`initium.train.fit`, full-batch Adam. A task with another
@@ -133,12 +134,8 @@ class Task:
         the inputs must have the target's shape)."""
         with torch.no_grad():
             shape = tuple(model(self.inputs).shape)
-        if shape != self.output_shape():
-            raise ValueError(f"--arch {arch!r} outputs shape {shape}, but the task needs {self.output_shape()}")
-
-    def output_shape(self) -> tuple[int, ...]:
-        """The shape of the model's output at the inputs (by default the target's)."""
-        return tuple(self.target.shape)
+        if shape != tuple(self.target.shape):
+            raise ValueError(f"--arch {arch!r} outputs shape {shape}, but the task needs {tuple(self.target.shape)}")
 
     def step_metric(self, loss_history: torch.Tensor) -> torch.Tensor | None:
         """The headline metric after every step, derived from the loss history, or ``None`` when the
@@ -166,6 +163,11 @@ class Task:
 
     def snapshot(self, pred: torch.Tensor) -> torch.Tensor | None:
         """A uint8 (H, W, C) picture of a prediction for the report, or ``None``."""
+        return None
+
+    def reference(self) -> torch.Tensor | None:
+        """The picture the snapshots are compared with (uint8 (H, W, C), shown beside them in the
+        report), or ``None``. Called after :meth:`setup`."""
         return None
 
     def describe(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import copy
 import math
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import train
 from ..nn import ARCHS
+from ..records import MetricSpec
 from ._base import TASKS, Task
 from .data import load_digits, make_mnist1d
 
@@ -101,6 +102,9 @@ def ood_sets(x: torch.Tensor, dataset: str, seed: int = 0) -> dict[str, torch.Te
     return out
 
 
+_ARCH_ALIASES = {"mlp": "classifier-mlp", "cnn": "classifier-cnn"}  # --arch names of this task's own
+
+
 @TASKS.register("classify", ClassifyConfig)
 class Classify(Task):
     """Classify digits (8x8 images) or MNIST-1D signals: minibatch SGD with momentum, epochs."""
@@ -108,15 +112,11 @@ class Classify(Task):
     batchable = False  # minibatch epochs, its own fit
     precisions = ("fp32",)  # its minibatch loop has no autocast
     name = "classify"
-    metric = "test_acc"
-    unit = ""
-    higher_is_better = True
+    metric = MetricSpec(
+        "test_acc", format=".3f", thresholds=(0.9,), checkpoints=(1, 5), step_unit="epoch",
+        # the feedback-alignment curves per layer (absent, so not drawn, for backprop runs)
+    )  # fmt: skip
     default_arch = "classifier-mlp"
-    arch_aliases: ClassVar[dict[str, str]] = {"mlp": "classifier-mlp", "cnn": "classifier-cnn"}
-    thresholds = (0.9,)
-    checkpoints = (1, 5)
-    metric_format = ".3f"
-    step_unit: ClassVar[str] = "epoch"
 
     def __init__(self, config: ClassifyConfig = ClassifyConfig()) -> None:
         c = config
@@ -170,14 +170,18 @@ class Classify(Task):
             arch, arch_kwargs, fixed={"in_shape": tuple(self.inputs.shape[1:]), "out_features": NUM_CLASSES}
         )
 
+    def parse_arch(self, spec: str) -> tuple[str, dict[str, Any]]:
+        """The issue's names first: here ``mlp`` and ``cnn`` are the classifiers, not the coordinate MLP."""
+        parts = ARCHS.parse(spec, aliases=_ARCH_ALIASES)
+        if len(parts) != 1:
+            raise ValueError(f"--arch takes one architecture, got {spec!r}")
+        return parts[0]
+
     def check_model(self, model: nn.Module, arch: str) -> None:
         with torch.no_grad():
             shape = tuple(model(self.inputs[:4]).shape)
         if shape != (min(4, len(self.inputs)), NUM_CLASSES):
             raise ValueError(f"--arch {arch!r} outputs shape {shape} for 4 inputs; classify needs (4, {NUM_CLASSES})")
-
-    def default_lr(self, model: nn.Module) -> float:
-        return float(getattr(model, "default_lr", 0.01))
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(pred, target)

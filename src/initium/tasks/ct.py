@@ -14,6 +14,7 @@ from torch import nn
 
 from ..metrics import psnr, ssim
 from ..nn import ARCHS
+from ..records import MetricSpec
 from ._base import TASKS, Task, grid
 
 __all__ = ["CT", "CTConfig", "disk_mask", "radon"]
@@ -57,11 +58,8 @@ class CT(Task):
     sinogram; the metric is the PSNR of the image against the phantom."""
 
     name = "ct"
-    metric = "psnr"
-    unit = "dB"
+    metric = MetricSpec("psnr", unit="dB", thresholds=(20.0, 25.0), checkpoints=(500, 1000))
     default_arch = "fourier"
-    thresholds = (20.0, 25.0)
-    checkpoints = (500, 1000)
     snapshot_steps = (100, 500)
 
     def __init__(self, config: CTConfig = CTConfig()) -> None:
@@ -90,8 +88,12 @@ class CT(Task):
         n = self.config.size
         return pred.reshape(n, n) * self.mask
 
-    def output_shape(self) -> tuple[int, ...]:
-        return (len(self.inputs), 1)  # one value per pixel; the target is the sinogram
+    def check_model(self, model: nn.Module, arch: str) -> None:
+        """One value per pixel: the target is the sinogram, not the image, so its shape says nothing."""
+        with torch.no_grad():
+            shape = tuple(model(self.inputs).shape)
+        if shape != (len(self.inputs), 1):
+            raise ValueError(f"--arch {arch!r} outputs shape {shape}, but the task needs {(len(self.inputs), 1)}")
 
     def forward_loss(
         self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..nn import ARCHS
+from ..records import MetricSpec
 from ._base import TASKS, Task
 
 __all__ = ["Antiderivative", "AntiderivativeConfig", "gaussian_random_field"]
@@ -49,14 +50,12 @@ class Antiderivative(Task):
     over held-out functions of the relative L2 error of ``G(u)`` at the sensor locations."""
 
     name = "deeponet-antiderivative"
-    metric = "rel_l2"
-    higher_is_better = False
-    log_scale = True
-    metric_format = ".3g"
+    metric = MetricSpec(
+        "rel_l2", higher_is_better=False, log_scale=True, format=".3g", thresholds=(0.05, 0.02),
+        checkpoints=(1000, 3000),
+    )  # fmt: skip
     default_arch = "deeponet"
     lr_decay = (0.9, 1000)
-    thresholds = (0.05, 0.02)
-    checkpoints = (1000, 3000)
 
     def __init__(self, config: AntiderivativeConfig = AntiderivativeConfig()) -> None:
         for name in ("sensors", "functions", "queries", "test_functions"):

@@ -36,6 +36,7 @@ from torch import nn
 
 from ..metrics import psnr, psnr_from_mse, ssim
 from ..nn import ARCHS
+from ..records import MetricSpec
 from ._base import TASKS, Task
 from .data import check_finite, load_image
 from .image_fit import square
@@ -95,12 +96,12 @@ class _DIPTask(Task):
 
     # BatchNorm running statistics, per-step latent jitter and an output average per model
     batchable: ClassVar[bool] = False
-    metric: ClassVar[str] = "psnr"
-    unit: ClassVar[str] = "dB"
+    metric: ClassVar[MetricSpec] = MetricSpec(
+        "psnr", unit="dB", checkpoints=(100, 500, 1000, 2000),
+        summary_fields=(("peak_psnr", ".2f"), ("peak_step", ".0f")),  # summarize_run()'s fields
+    )  # fmt: skip
     default_arch: ClassVar[str] = "dip"
-    checkpoints: ClassVar[tuple[int, ...]] = (100, 500, 1000, 2000)
     snapshot_steps: ClassVar[tuple[int, ...]] = (100, 500, 1000)
-    summary_fields: ClassVar[tuple[tuple[str, str], ...]] = (("peak_psnr", ".2f"), ("peak_step", ".0f"))
 
     config: DIPConfig
 

@@ -11,8 +11,9 @@ import torch
 from skimage.transform import resize
 from torch import nn
 
-from ..metrics import band_errors, psnr_from_mse, ssim
+from ..metrics import BANDS, band_errors, psnr_from_mse, ssim
 from ..nn import ARCHS
+from ..records import MetricSpec, PlotSpec
 from ._base import TASKS, Task, grid
 from .data import check_finite, load_image
 
@@ -49,11 +50,14 @@ class ImageFit(Task):
     """Fit an image with a coordinate network: ``f(x, y) -> RGB``, coordinates in [-1, 1]."""
 
     name = "image-fit"
-    metric = "psnr"
-    unit = "dB"
-    metric_cap = 55.0  # plots: past ~55 dB a small net has memorised the pixels to float precision
-    thresholds = (25.0, 30.0)
-    checkpoints = (100, 300, 1000)
+    metric = MetricSpec(
+        "psnr", unit="dB", thresholds=(25.0, 30.0), checkpoints=(100, 300, 1000),
+        cap=55.0,  # plots: past ~55 dB a small net has memorised the pixels to float precision
+        plots=(  # where the high frequencies arrive: evaluate()'s band_low, band_mid, band_high
+            PlotSpec("curves", "band_", name="bands", title="{} frequencies", ylabel="relative error in band",
+                     log=True, panels=tuple(BANDS)),
+        ),
+    )  # fmt: skip
     snapshot_steps = (25, 100, 300)
 
     def __init__(self, config: ImageFitConfig = ImageFitConfig()) -> None:

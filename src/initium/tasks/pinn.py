@@ -14,6 +14,7 @@ from torch import nn
 
 from ..metrics import relative_l2
 from ..nn import ARCHS
+from ..records import MetricSpec
 from ._base import TASKS, Task
 
 __all__ = ["Advection", "AdvectionConfig"]
@@ -45,14 +46,12 @@ class Advection(Task):
 
     batchable = False  # its residual takes autograd derivatives inside the step, which vmap cannot batch
     name = "pinn-advection"
-    metric = "rel_l2"
-    higher_is_better = False
-    log_scale = True
-    metric_format = ".3g"
+    metric = MetricSpec(
+        "rel_l2", higher_is_better=False, log_scale=True, format=".3g", thresholds=(0.1, 0.05),
+        checkpoints=(1000, 3000),
+    )  # fmt: skip
     default_arch = "mlp"
     lr_decay = (0.9, 2000)  # Adam 1e-3 decayed 0.9 every 2000 steps, as in jaxpi's configs
-    thresholds = (0.1, 0.05)
-    checkpoints = (1000, 3000)
 
     def __init__(self, config: AdvectionConfig = AdvectionConfig()) -> None:
         if not math.isfinite(config.c):

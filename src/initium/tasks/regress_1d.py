@@ -11,6 +11,7 @@ from torch import nn
 
 from ..metrics import ntk_eigenvalues
 from ..nn import ARCHS
+from ..records import MetricSpec, PlotSpec
 from ._base import TASKS, Task, grid
 
 __all__ = ["Regress1D", "Regress1DConfig", "signal_1d"]
@@ -38,13 +39,14 @@ class Regress1D(Task):
     empirical NTK's eigenvalues are stored: RWF's claim is a better-conditioned kernel."""
 
     name = "regress-1d"
-    metric = "mse"
-    higher_is_better = False
-    log_scale = True
-    metric_format = ".3g"
+    metric = MetricSpec(
+        "mse", higher_is_better=False, log_scale=True, format=".3g", thresholds=(1e-2, 1e-3),
+        checkpoints=(1000, 3000),
+        # analyse()'s eigenvalues: a flatter spectrum is a better-conditioned kernel
+        plots=(PlotSpec("spectrum", "ntk_eigenvalues", name="ntk", title="empirical NTK after training",
+                        ylabel="eigenvalue", log=True),),
+    )  # fmt: skip
     default_arch = "mlp(hidden=128,layers=3)"
-    thresholds = (1e-2, 1e-3)
-    checkpoints = (1000, 3000)
 
     def __init__(self, config: Regress1DConfig = Regress1DConfig()) -> None:
         if not config.frequencies or any(not (math.isfinite(k) and k > 0) for k in config.frequencies):

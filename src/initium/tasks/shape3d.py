@@ -12,6 +12,7 @@ from torch import nn
 
 from ..metrics import iou
 from ..nn import ARCHS
+from ..records import MetricSpec
 from ._base import TASKS, Task
 
 __all__ = ["Shape3D", "Shape3DConfig", "occupancy"]
@@ -45,11 +46,8 @@ class Shape3D(Task):
     the true occupancy at held-out points."""
 
     name = "shape-3d"
-    metric = "iou"
-    metric_format = ".3f"
+    metric = MetricSpec("iou", format=".3f", thresholds=(0.8, 0.9), checkpoints=(200, 500))
     default_arch = "fourier(sigma=3.0)"
-    thresholds = (0.8, 0.9)
-    checkpoints = (200, 500)
 
     def __init__(self, config: Shape3DConfig = Shape3DConfig()) -> None:
         if config.points < 16 or config.test_points < 16:
