@@ -81,7 +81,8 @@ def test_run_report_and_cache_commands(tmp_path, capsys):
     assert main(["cache", "clear"]) == 0
     assert "removed 1" in capsys.readouterr().err
     assert main(["list"]) == 0
-    assert "image-fit" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "image-fit" in listing and "learning rules: bp, brsf, dfa, fa, frsf, usf" in " ".join(listing.split())
 
 
 def test_report_of_an_empty_folder(tmp_path, capsys):

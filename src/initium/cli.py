@@ -267,7 +267,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    for title, reg in (("methods", METHODS), ("tasks", TASKS), ("architectures", ARCHS)):
+    for title, reg in (("methods", METHODS), ("learning rules", RULES), ("tasks", TASKS), ("architectures", ARCHS)):
         out_console.print(f"[bold]{title}[/]: " + ", ".join(f"{n}" for n in reg.names()))
     out_console.print("[bold]images[/]: " + ", ".join(SAMPLE_IMAGES))
     return 0
