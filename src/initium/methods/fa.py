@@ -467,7 +467,15 @@ class FANoise(Method):
     def validate(self, model: nn.Module, inputs: torch.Tensor | None = None) -> None:
         c = self.config
         shape, classes = self._shape_and_classes(model, inputs)
-        check_pretrain_args(shape, classes, c.steps, c.batch_size, c.lr, c.momentum, c.input_std, c.noise_set)
+        if c.num_classes is None and classes < 2:
+            raise ValueError(
+                f"fa-noise pretrains a classifier (random labels), but {type(model).__name__}'s output has {classes}"
+                " unit(s) per input; use it on a classification task (classify) or give num_classes=..."
+            )
+        try:
+            check_pretrain_args(shape, classes, c.steps, c.batch_size, c.lr, c.momentum, c.input_std, c.noise_set)
+        except ValueError as exc:
+            raise ValueError(f"fa-noise: {exc}") from None
         if not isinstance(c.track_every, int) or c.track_every < 0:
             raise ValueError(f"fa-noise option track_every must be an int >= 0, got {c.track_every!r}")
 

@@ -144,10 +144,13 @@ class Classify(Task):
 
     def __init__(self, config: ClassifyConfig = ClassifyConfig()) -> None:
         c = config
-        for name, least in (("epochs", 1), ("batch_size", 1), ("adapt_epochs", 0), ("split_seed", 0)):
+        # epochs: the loss history (4 bytes an epoch) must fit; split_seed: numpy's seeds are 32-bit
+        for name, least, most in (("epochs", 1, 10**6), ("batch_size", 1, None), ("adapt_epochs", 0, 10**6),
+                                  ("split_seed", 0, 2**32 - 1)):  # fmt: skip
             value = getattr(c, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"classify option {name} must be an int >= {least}, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < least or (most and value > most):
+                bound = f"an int >= {least}" if most is None else f"an int from {least} to {most}"
+                raise ValueError(f"classify option {name} must be {bound}, got {value!r}")
         for name, interval in (("test_fraction", "(0, 1)"), ("val_fraction", "[0, 1)")):
             value = getattr(c, name)
             number = isinstance(value, int | float) and not isinstance(value, bool)
