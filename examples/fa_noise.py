@@ -13,7 +13,7 @@ from initium import fa
 from initium.nn import ClassifierMLP
 from initium.tasks import TASKS
 
-task = TASKS.build("classify", {"dataset": "digits"})  # 70/30 stratified split, standardised
+task = TASKS.build("classify", {"dataset": "digits"})  # 70/30 train/test, 20% of train for validation
 task.setup(torch.device("cpu"))
 
 for rule, pretrain in (("bp", False), ("fa", False), ("fa", True)):

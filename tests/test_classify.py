@@ -29,13 +29,51 @@ def digits():
 def test_digits_split_and_standardisation(digits):
     x, _ = load_digits()
     assert x.shape == (1797, 1, 8, 8) and x.min() == 0 and x.max() == 1
-    n_test = len(digits.test_y)
-    assert len(digits.target) + n_test == 1797 and n_test == pytest.approx(0.3 * 1797, abs=1)
+    n_test, n_val = len(digits.test_y), len(digits.val_y)
+    assert len(digits.target) + n_val + n_test == 1797 and n_test == pytest.approx(0.3 * 1797, abs=1)
+    assert n_val == pytest.approx(0.2 * (1797 - n_test), abs=1)  # 0.2 of the training part
     assert digits.inputs.shape[1:] == (1, 8, 8) and digits.target.dtype == torch.long
     assert float(digits.inputs.mean()) == pytest.approx(0, abs=1e-5)
     assert float(digits.inputs.std()) == pytest.approx(1, abs=1e-3)
-    # stratified: every class in both parts, in about the same proportion
-    assert torch.bincount(digits.test_y).min() >= 50
+    # stratified: every class in every part, in about the same proportion
+    assert torch.bincount(digits.test_y).min() >= 50 and torch.bincount(digits.val_y, minlength=10).min() >= 24
+
+
+def test_validation_split_is_carved_from_the_training_part_only(digits):
+    index = digits.split_index
+    train, val, test = (set(index[k].tolist()) for k in ("train", "val", "test"))
+    assert not (train & val) and not (train & test) and not (val & test) and len(train | val | test) == 1797
+    whole = TASKS.build("classify", {"dataset": "digits", "val_fraction": 0.0})
+    whole.setup(torch.device("cpu"))
+    # the test split is the same with or without a validation split; the validation split comes from train
+    assert np.array_equal(whole.split_index["test"], index["test"]) and len(whole.split_index["val"]) == 0
+    assert set(whole.split_index["train"].tolist()) == train | val
+    assert len(whole.val_y) == 0 and len(whole.target) == len(digits.target) + len(digits.val_y)
+    # deterministic in split_seed, and another split_seed draws another validation split
+    again = TASKS.build("classify", {"dataset": "digits"})
+    again.setup(torch.device("cpu"))
+    assert np.array_equal(again.split_index["val"], index["val"]) and torch.equal(again.val_x, digits.val_x)
+    other = TASKS.build("classify", {"dataset": "digits", "split_seed": 1})
+    other.setup(torch.device("cpu"))
+    assert not np.array_equal(other.split_index["val"], index["val"])
+    # standardised with the part trained on, and the validation split with the same mean and std
+    assert float(whole.inputs.mean()) == pytest.approx(0, abs=1e-5) and whole.mean != digits.mean
+    model = digits.build_model("classifier-mlp", {"hidden": (8,)})
+    assert set(digits.evaluate_model(model)) == {"val_acc", "val_loss", "test_acc", "test_loss"}
+    assert set(whole.evaluate_model(model)) == {"test_acc", "test_loss"}
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
+    ({"val_fraction": -0.1}, r"val_fraction must be in \[0, 1\)"),
+    ({"val_fraction": float("nan")}, r"val_fraction must be in \[0, 1\)"),
+    ({"test_fraction": 0.0}, r"test_fraction must be in \(0, 1\)"),
+    ({"val_fraction": 0.001}, "val_fraction=0.001 holds out 2 of 1257 samples"),
+    ({"test_fraction": 0.999}, "test_fraction=0.999 holds out 1796 of 1797"),
+])  # fmt: skip
+def test_bad_split_fractions_name_the_option(options, message):
+    with pytest.raises(ValueError, match=message):
+        TASKS.build("classify", options).setup(torch.device("cpu"))
 
 
 def test_mnist1d_is_generated_offline_and_leaves_global_rngs_alone(monkeypatch):
@@ -113,6 +151,8 @@ def test_run_pairs_rules_with_methods(tmp_path):
     bp, fa_default, fa_noise = records
     assert all(r["status"] == "ok" and r["steps"] == 2 and r["step_unit"] == "epoch" for r in records)
     assert len(bp["curve"]["test_acc"]) == 3 and bp["curve"]["test_acc"][-1] > 0.8
+    assert len(bp["curve"]["val_acc"]) == 3 and bp["curve"]["val_acc"][-1] > 0.8 and len(bp["curve"]["val_loss"]) == 3
+    assert bp["task_config"]["val_fraction"] == 0.2
     # same seed, same weights at step 0: the learning rule is the only difference
     assert bp["curve"]["test_acc"][0] == fa_default["curve"]["test_acc"][0]
     assert "wb_angle/net.3" in fa_default["curve"] and not any(k.startswith("wb_angle") for k in bp["curve"])
@@ -153,6 +193,8 @@ def test_converted_model_in_a_run_is_an_fa_model(digits):
         (["--steps", "3"], "--epochs"),
         (["--methods", "fa-noise(num_classes=1)"], "num_classes"),
         (["--arch", "classifier-mlp(in_shape=(64,))"], "set by the task"),
+        (["--val-fraction", "1"], "val_fraction must be in [0, 1)"),
+        (["--val-fraction", "0.001"], "val_fraction=0.001 holds out 2 of 1257 samples"),
     ],
 )
 def test_bad_classify_input(tmp_path, capsys, monkeypatch, extra, message):

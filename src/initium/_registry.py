@@ -68,6 +68,8 @@ def parse_literal(text: str) -> Any:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text  # a bare word: `noise=spectral`
+    except (TypeError, RecursionError, MemoryError) as exc:  # `{[]}` (an unhashable set item), too deep a nesting
+        raise SpecError(f"{text!r} is not a usable literal ({type(exc).__name__}: {exc})") from None
 
 
 def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
@@ -93,7 +95,10 @@ def parse_spec(spec: str) -> list[tuple[str, dict[str, Any]]]:
                     raise SpecError(f"expected key=value in {part!r}, got {item!r}")
                 if key in kwargs:
                     raise SpecError(f"option {key!r} is given twice in {part!r}")
-                kwargs[key] = parse_literal(value.strip())
+                try:
+                    kwargs[key] = parse_literal(value.strip())
+                except SpecError as exc:
+                    raise SpecError(f"option {key!r} in {part!r}: {exc}") from None
         out.append((name, kwargs))
     return out
 
@@ -258,7 +263,12 @@ class Registry(Generic[T]):
         """Create one object: ``build("noise", {"steps": 300})``."""
         cfg = self.config(name, kwargs, fixed=fixed, **defaults)
         factory = self.entry(name).factory
-        return factory(**cfg) if isinstance(cfg, dict) else factory(cfg)
+        try:
+            return factory(**cfg) if isinstance(cfg, dict) else factory(cfg)
+        except ValueError as exc:  # the factory's own checks: say which entry they are about
+            if isinstance(exc, SpecError | UnknownNameError) or repr(name) in str(exc) or f"{name} " in str(exc):
+                raise
+            raise SpecError(f"{self.kind} {name!r}: {exc}") from exc
 
     def parse(self, spec: str, aliases: Mapping[str, str] | None = None) -> list[tuple[str, dict[str, Any]]]:
         """Parse ``spec`` and check that every part names an entry (before any work is done);

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import logging
+import math
 import sys
 import typing
 from collections.abc import Callable, Sequence
@@ -34,24 +37,36 @@ out_console.width = max(out_console.width, 110)  # the summary table stays on on
 USER_ERRORS = (ValueError, FileNotFoundError, CacheError)
 
 
+MAX_SEEDS = 100_000  # a larger count is a typo, not a sweep (and its tuple alone would fill the memory)
+SEED_LIMIT = 2**63  # torch.manual_seed and torch.Generator take seeds below 2**64; one bit of margin
+MAX_STEPS = 10**8  # more is a typo: its loss history alone (4 bytes a step) would not fit, and the run never end
+
+
 def _seeds(text: str) -> tuple[int, ...]:
     """``3`` -> seeds 0, 1, 2; ``0,5,9`` -> those seeds."""
     try:
         if "," in text:
-            return tuple(int(s) for s in text.split(",") if s.strip())
+            seeds = tuple(int(s) for s in text.split(",") if s.strip())
+            if any(not 0 <= s < SEED_LIMIT for s in seeds):
+                raise argparse.ArgumentTypeError(f"--seeds: every seed must be in [0, 2**63), got {text!r}")
+            return seeds
         n = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds takes a count (3) or a list (0,5,9), got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--seeds must be >= 1, got {n}")
+    if not 1 <= n <= MAX_SEEDS:
+        raise argparse.ArgumentTypeError(f"--seeds takes a count from 1 to {MAX_SEEDS}, got {n}")
     return tuple(range(n))
 
 
 def _floats(text: str) -> tuple[float, ...]:
+    """``25,30,40`` -> finite numbers, at least one (``nan`` would make a "steps to nan" column)."""
     try:
-        return tuple(float(t) for t in text.split(",") if t.strip())
+        values = tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 25,30,40, got {text!r}") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected one or more finite numbers such as 25,30,40, got {text!r}")
+    return values
 
 
 def _tuple_option(text: str) -> tuple[Any, ...]:
@@ -78,12 +93,13 @@ def _add_config_options(parser: argparse.ArgumentParser, config: type) -> None:
             group.add_argument(flag, **kw)
 
 
-def build_parser(task: str | None = None) -> argparse.ArgumentParser:
+def build_parser(task: str | None = None, *, abbrev: bool = True) -> argparse.ArgumentParser:
+    """The ``initium`` parser, with ``task``'s own options; ``abbrev``: ``run`` takes unique prefixes of its options."""
     parser = argparse.ArgumentParser(prog="initium", description="Start neural networks from structure, not chance.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="train task x methods x seeds and print the summary table")
+    run = sub.add_parser("run", help="train task x methods x seeds and print the summary table", allow_abbrev=abbrev)
     run.add_argument("task", help=f"one of: {', '.join(TASKS.names())}")
     run.add_argument(
         "--arch",
@@ -163,6 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import RunConfig, run
 
     task_options = {k[5:]: v for k, v in vars(args).items() if k.startswith("task_")}
+    if args.steps is not None and args.steps > MAX_STEPS:
+        raise ValueError(f"--steps must be from 1 to {MAX_STEPS:_}, got {args.steps}")
     cfg = RunConfig(
         task=args.task, out=args.out, arch=args.arch, methods=_split_methods(args.methods), seeds=args.seeds,
         steps=args.steps, lr=args.lr, eval_every=args.eval_every, device=args.device, compile=args.compile,
@@ -277,11 +295,24 @@ def _unknown_task(name: str) -> str:
     return f"unknown task {name!r}; closest: {', '.join(closest(name, TASKS.names()))}"
 
 
+def _task_of(argv: list[str]) -> str | None:
+    """The task named in ``argv``, before its own options are known. A task's option can be the
+    abbreviation of a general one (pinn-advection's ``--c=5`` reads as ``--compile=5``), so a first
+    pass that fails is tried again without abbreviations; ``None`` leaves the error to the full parse."""
+    for abbrev in (True, False):
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):
+                first, _ = build_parser(abbrev=abbrev).parse_known_args(argv)
+        except SystemExit:
+            continue
+        return getattr(first, "task", None)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The task's own options (--image, --size ...) depend on the task: find it first.
-    first, _ = build_parser().parse_known_args(argv)
-    task = getattr(first, "task", None)
+    task = _task_of(argv)
     if task is not None and task not in TASKS:
         console.print(f"[bold red]error:[/] {UnknownNameError(_unknown_task(task))}", soft_wrap=True)
         return 2

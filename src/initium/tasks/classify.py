@@ -43,8 +43,12 @@ _OOD: dict[str, dict[str, Any]] = {
 @dataclass(frozen=True)
 class ClassifyConfig:
     """``dataset``: ``digits`` (1797 8x8 scans) or ``mnist1d`` (5000 generated 40-sample signals),
-    split into train and test (``test_fraction``, stratified, ``split_seed``) and standardised
-    with the training set's mean and std. ``classes="0-4"`` trains on digits 0-4 only (the output
+    split into train and test (``test_fraction``, stratified, ``split_seed``); ``val_fraction`` of
+    the training part is then held out as a validation split (stratified, ``split_seed``; never
+    taken from the test split, which stays the same for any ``val_fraction``), on which settings are
+    selected (the curve's ``val_acc`` and ``val_loss``); ``val_fraction=0`` trains on the whole
+    training part and has no validation split. Inputs are standardised with the mean and std of the
+    part trained on. ``classes="0-4"`` trains on digits 0-4 only (the output
     still has 10 units); ``adapt_epochs > 0`` then measures how fast the trained model learns 5-9,
     and in any case how fast it learns a permutation of the labels. ``track`` records the FA
     alignment measures every epoch."""
@@ -54,6 +58,7 @@ class ClassifyConfig:
     batch_size: int = 32
     momentum: float = 0.9
     test_fraction: float = 0.3
+    val_fraction: float = 0.2
     split_seed: int = 0
     classes: Literal["all", "0-4"] = "all"
     adapt_epochs: int = 0
@@ -102,6 +107,25 @@ def ood_sets(x: torch.Tensor, dataset: str, seed: int = 0) -> dict[str, torch.Te
     return out
 
 
+def _split(index: np.ndarray, y: np.ndarray, fraction: float, seed: int, option: str) -> tuple[np.ndarray, np.ndarray]:
+    """``index`` split into ``(kept, held out)``: ``fraction`` held out, stratified by ``y``,
+    deterministic in ``seed``; a split too small to hold every class once names ``option``."""
+    from sklearn.model_selection import train_test_split
+
+    classes = len(np.unique(y))
+    held = math.ceil(fraction * len(y))
+    if held < classes or len(y) - held < classes:
+        raise ValueError(
+            f"classify option {option}={fraction!r} holds out {held} of {len(y)} samples; a stratified split"
+            f" needs at least {classes} (one per class) on each side"
+        )
+    try:
+        kept, out = train_test_split(index, test_size=fraction, random_state=seed, stratify=y)
+    except ValueError as exc:  # what the check above does not foresee (a class of one sample)
+        raise ValueError(f"classify option {option}={fraction!r} cannot split the data: {exc}") from exc
+    return kept, out
+
+
 _ARCH_ALIASES = {"mlp": "classifier-mlp", "cnn": "classifier-cnn"}  # --arch names of this task's own
 
 
@@ -120,12 +144,18 @@ class Classify(Task):
 
     def __init__(self, config: ClassifyConfig = ClassifyConfig()) -> None:
         c = config
-        for name, least in (("epochs", 1), ("batch_size", 1), ("adapt_epochs", 0), ("split_seed", 0)):
+        # epochs: the loss history (4 bytes an epoch) must fit; split_seed: numpy's seeds are 32-bit
+        for name, least, most in (("epochs", 1, 10**6), ("batch_size", 1, None), ("adapt_epochs", 0, 10**6),
+                                  ("split_seed", 0, 2**32 - 1)):  # fmt: skip
             value = getattr(c, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValueError(f"classify option {name} must be an int >= {least}, got {value!r}")
-        if not 0 < c.test_fraction < 1:
-            raise ValueError(f"classify option test_fraction must be in (0, 1), got {c.test_fraction!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < least or (most and value > most):
+                bound = f"an int >= {least}" if most is None else f"an int from {least} to {most}"
+                raise ValueError(f"classify option {name} must be {bound}, got {value!r}")
+        for name, interval in (("test_fraction", "(0, 1)"), ("val_fraction", "[0, 1)")):
+            value = getattr(c, name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not (0 < value < 1 or (value == 0 and interval[0] == "[")):
+                raise ValueError(f"classify option {name} must be in {interval}, got {value!r}")
         if not 0 <= c.momentum < 1:
             raise ValueError(f"classify option momentum must be in [0, 1), got {c.momentum!r}")
         self.config = config
@@ -134,19 +164,24 @@ class Classify(Task):
     # --- data -----------------------------------------------------------------------------------
 
     def setup(self, device: torch.device) -> None:
-        from sklearn.model_selection import train_test_split
-
         c = self.config
         x, y = _LOADERS[c.dataset]()
-        xtr, xte, ytr, yte = train_test_split(
-            x, y, test_size=c.test_fraction, random_state=c.split_seed, stratify=y
-        )  # fmt: skip
+        # indices, not the arrays: the splits are the same as splitting x itself, and are kept
+        # (``split_index``) to show that train, validation and test never share a sample
+        itr, ite = _split(np.arange(len(y)), y, c.test_fraction, c.split_seed, "test_fraction")
+        iva = np.empty(0, dtype=itr.dtype)
+        if c.val_fraction:  # carved from the training part only: the test split does not move
+            itr, iva = _split(itr, y[itr], c.val_fraction, c.split_seed, "val_fraction")
+        self.split_index = {"train": itr, "val": iva, "test": ite}
+        xtr, ytr, xva, yva, xte, yte = x[itr], y[itr], x[iva], y[iva], x[ite], y[ite]
         first = (ytr < 5) if c.classes == "0-4" else np.ones(len(ytr), bool)
+        first_va = (yva < 5) if c.classes == "0-4" else np.ones(len(yva), bool)
         first_te = (yte < 5) if c.classes == "0-4" else np.ones(len(yte), bool)
         # one scalar mean and std (of the training inputs): keeps the images' spatial structure
         self.mean, self.std = float(xtr[first].mean()), float(xtr[first].std())
         to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
         self.inputs, self.target = to(self.normalise(xtr[first])), to(ytr[first])
+        self.val_x, self.val_y = to(self.normalise(xva[first_va])), to(yva[first_va])
         self.test_x, self.test_y = to(self.normalise(xte[first_te])), to(yte[first_te])
         self.second: tuple[torch.Tensor, ...] | None = None
         if c.classes == "0-4":
@@ -246,8 +281,12 @@ class Classify(Task):
         }
 
     def evaluate_model(self, model: nn.Module) -> dict[str, float]:
-        acc, loss = self._acc_loss(model, self.test_x, self.test_y)
-        return {"test_acc": acc, "test_loss": loss}
+        """Test accuracy and loss, and the validation split's (``val_acc``, ``val_loss``) where there is one."""
+        out: dict[str, float] = {}
+        if len(self.val_y):
+            out["val_acc"], out["val_loss"] = self._acc_loss(model, self.val_x, self.val_y)
+        out["test_acc"], out["test_loss"] = self._acc_loss(model, self.test_x, self.test_y)
+        return out
 
     def _adapt(self, model: nn.Module, data: tuple[torch.Tensor, ...]) -> list[float]:
         """Test accuracy of a copy of ``model`` before and after each of ``adapt_epochs`` epochs
