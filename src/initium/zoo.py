@@ -37,8 +37,10 @@ seeds through :func:`initium.runner.run`, which deals them out over the ranks
 stores its own nets as they finish: the catalog has several writers, and every write is one
 SQLite transaction (``BEGIN IMMEDIATE``, so a writer waits up to ``BUSY_TIMEOUT_S`` for the write
 lock instead of failing). Rank 0 alone cleans up, before any rank trains and after all have
-finished. Trained on the CPU, the catalog equals a one-process build's, bit for bit, apart from
-the creation times and the run records' timings.
+finished. Trained on the CPU with the same number of threads, the catalog equals a one-process
+build's, bit for bit, apart from the creation and training times. Across machines, the zoo must
+be on a shared file system whose POSIX locks work (SQLite's locking and the build lock rely on
+them; many NFS set-ups do not).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -371,11 +374,13 @@ class Zoo:
             params.append(family)
         entries = self._rows(("WHERE " + " AND ".join(clauses)) if clauses else "", params)
         if check:
-            bad = {e.id for e in entries if self._problem(e) is not None}
+            good = []
             for e in entries:
-                if e.id in bad:
-                    log.warning("zoo %s: skipping %s (seed %d): %s", self.path, e.file, e.seed, self._problem(e))
-            entries = [e for e in entries if e.id not in bad]
+                if (problem := self._problem(e)) is None:
+                    good.append(e)
+                else:
+                    log.warning("zoo %s: skipping %s (seed %d): %s", self.path, e.file, e.seed, problem)
+            entries = good
         return entries
 
     @staticmethod
@@ -585,7 +590,7 @@ def _plan(
         if key in options:
             raise ValueError(f"give {key} as build's own argument, not in task_options")
     options = _BUILD_DEFAULTS | options | {"dataset": dataset, "epochs": _check_int("epochs", epochs, 1)}
-    if lr is not None and not (isinstance(lr, int | float) and lr > 0 and lr != float("inf")):
+    if lr is not None and not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     task = TASKS.build(TASK, options)
     name, kwargs = task.parse_arch(arch)
