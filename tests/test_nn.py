@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from initium.nn import ARCHS, PEMLP, FourierMLP, Siren
+from initium.nn import ARCHS, PEMLP, FourierMLP, ResNet, Siren
 from initium.tasks import grid
 
 
@@ -97,3 +97,76 @@ def test_archs_map_coordinates_to_channels(arch):
 def test_siren_rejects_bad_sizes(bad, match):
     with pytest.raises(ValueError, match=match):
         Siren(2, 1, **bad)
+
+
+# --- ResNet (He et al. 2016), the zoo's family --------------------------------------------------------
+
+
+def _convs(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+@pytest.mark.parametrize(("depth", "width", "shape"), [(8, 4, (1, 8, 8)), (20, 16, (3, 32, 32)), (14, 2, (3, 5, 7))])
+def test_resnet_shapes_and_layers(depth, width, shape):
+    model = ResNet(depth=depth, width=width, in_shape=shape, num_classes=10)
+    assert model(torch.randn(3, *shape)).shape == (3, 10) and model.out_features == 10
+    convs = _convs(model)
+    # depth counts the weighted layers on the main path: the 3x3 convs and the head
+    assert sum(c.kernel_size == (3, 3) for c in convs) + 1 == depth
+    assert sum(c.kernel_size == (1, 1) for c in convs) == 2  # shortcuts where stages 2 and 3 begin
+    assert [len(stage) for stage in model.stages] == [(depth - 2) // 6] * 3
+    x = model.stem(torch.randn(1, *shape))
+    sizes = []
+    for stage in model.stages:  # widths w, 2w, 4w; stride 2 at stages 2 and 3
+        x = stage(x)
+        sizes.append(tuple(x.shape[1:]))
+    h, w = shape[1:]
+    half = lambda n: (n + 1) // 2  # noqa: E731 - stride 2, padding 1, kernel 3
+    assert sizes == [(width, h, w), (2 * width, half(h), half(w)), (4 * width, half(half(h)), half(half(w)))]
+
+
+def test_resnet20_is_the_papers_size():
+    model = ResNet(20, 16, in_shape=(3, 32, 32), num_classes=10)
+    n = sum(p.numel() for p in model.parameters())
+    assert 0.27e6 < n < 0.28e6  # 0.27 M in He et al. (option A); the two 1x1 shortcuts add 2.7 k
+
+
+def test_resnet_he_init_statistic():
+    """Every conv weight ~ N(0, 2 / fan_out), fan_out = out_channels * 9: the 36 864 weights of a stage-3
+    conv of ResNet-20 estimate the std to about 0.4%."""
+    torch.manual_seed(0)
+    model = ResNet(20, 16, in_shape=(3, 32, 32))
+    w = model.stages[2][1].conv1.weight
+    assert w.shape == (64, 64, 3, 3)
+    assert w.std().item() == pytest.approx(math.sqrt(2 / (64 * 9)), rel=0.02)
+    assert abs(w.mean().item()) < 0.03 * w.std().item()  # 6 standard errors
+    stem = model.stem[0].weight  # fan_out, not fan_in: 16 * 9, whatever the input channels
+    assert stem.std().item() == pytest.approx(math.sqrt(2 / (16 * 9)), rel=0.25)
+    bn = model.stages[0][0].bn1
+    assert bool((bn.weight == 1).all()) and bool((bn.bias == 0).all())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(depth=10), r"depth must be 6n\+2 .* got 10; nearest: 8"),
+        (dict(depth=2), "depth must be an int >= 8"),
+        (dict(depth=20.0), "depth must be an int"),
+        (dict(width=0), "width must be an int >= 1"),
+        (dict(num_classes=1), "num_classes must be an int >= 2"),
+        (dict(in_shape=(1, 40)), r"resnet takes \(C, H, W\) images.*classifier-cnn"),
+    ],
+)
+def test_resnet_rejects_bad_sizes(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ResNet(**kwargs)
+
+
+def test_resnet_is_registered_and_its_config_rebuilds_it():
+    model = ARCHS.build("resnet", {"depth": 8, "width": 4}, fixed={"in_shape": (1, 8, 8), "out_features": 10})
+    assert isinstance(model, ResNet) and model.config == dict(in_shape=[1, 8, 8], out_features=10, depth=8, width=4)
+    again = ARCHS.build("resnet", model.config)
+    assert [(k, v.shape) for k, v in again.state_dict().items()] == [
+        (k, v.shape) for k, v in model.state_dict().items()
+    ]
+    assert model.default_lr == ARCHS.build("classifier-cnn", {}, in_shape=(1, 8, 8), out_features=10).default_lr

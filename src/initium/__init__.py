@@ -12,6 +12,7 @@ Public API (DESIGN.md section 4)::
     initium.rwf(model, mean=1.0, std=0.1, seed=0)
     initium.remove_rwf(model)
     initium.list_methods()
+    zoo = initium.zoo.Zoo("runs/zoo")      # trained nets: catalog.sqlite + safetensors
 """
 
 __version__ = "0.1.0"
@@ -20,6 +21,7 @@ import sys as _sys
 
 from . import nn as nn
 from . import tasks as tasks
+from . import zoo as zoo
 from .cache import InitCache as InitCache
 from .methods import create as create
 from .methods import fa as fa
@@ -34,4 +36,5 @@ _sys.modules[__name__ + ".fa"] = fa
 
 __all__ = [
     "InitCache", "__version__", "create", "fa", "list_methods", "nn", "noise_pretrain", "remove_rwf", "rwf", "tasks",
+    "zoo",
 ]  # fmt: skip

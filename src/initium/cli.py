@@ -157,7 +157,41 @@ def build_parser(task: str | None = None, *, abbrev: bool = True) -> argparse.Ar
     cache.add_argument("action", choices=("ls", "clear"))
 
     sub.add_parser("list", help="registered methods, tasks, architectures and bundled images")
+    _add_zoo_parser(sub)
     return parser
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--count takes a number of nets >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--count must be >= 1 (the number of nets to train), got {n}")
+    return n
+
+
+def _add_zoo_parser(sub: Any) -> None:
+    """``initium zoo build|ls|verify`` (:mod:`initium.zoo`)."""
+    zoo = sub.add_parser("zoo", help="model zoo: train many nets of one family, list them, check their files")
+    zsub = zoo.add_subparsers(dest="zoo_command", required=True)
+    build = zsub.add_parser(
+        "build", help="train nets with seeds 0..COUNT-1 (classify) into ZOO; resumes; shards under torchrun"
+    )
+    build.add_argument("--arch", required=True, help="architecture spec, e.g. 'resnet(depth=8,width=4)'")
+    build.add_argument("--count", type=_count, required=True, help="how many nets (seeds 0..COUNT-1)")
+    build.add_argument("--out", type=Path, required=True, help="the zoo folder (made if new or empty)")
+    build.add_argument("--lr", type=float, default=None, help="learning rate (default: the architecture's)")
+    build.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    _add_config_options(build, TASKS.entry("classify").config)  # --dataset, --epochs, --batch-size ...
+    ls = zsub.add_parser("ls", help="the zoo's catalog as a table")
+    ls.add_argument("zoo", type=Path)
+    ls.add_argument("--arch", default=None, help="only this architecture (name or spec)")
+    ls.add_argument("--dataset", default=None, help="only nets trained on this dataset")
+    ls.add_argument("--min-acc", type=float, default=None, help="only nets with at least this test accuracy")
+    verify = zsub.add_parser("verify", help="check every net's file against its sha256; exit 1 if any is bad")
+    verify.add_argument("zoo", type=Path)
+    verify.add_argument("--fix", action="store_true", help="remove bad rows, their files and files without a row")
 
 
 def _split_methods(text: str) -> tuple[str, ...]:
@@ -291,6 +325,66 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo_table(entries: Sequence[Any], title: str) -> RichTable:
+    rt = RichTable(title=title, title_style="bold")
+    # accuracies of the stored weights (eval mode) on the training and the test set
+    for col in ("seed", "arch", "dataset", "epochs", "lr", "train", "test", "sha256", "created (UTC)"):
+        rt.add_column(col, justify="right" if col in ("seed", "epochs", "lr", "train", "test") else "left")
+    for e in entries:
+        created = e.created.replace("T", " ")[:16]  # to the minute
+        rt.add_row(str(e.seed), e.arch_spec, e.dataset, str(e.epochs), f"{e.lr:g}", f"{e.train_acc:.4f}",
+                   f"{e.test_acc:.4f}", e.sha256[:8], created)  # fmt: skip
+    return rt
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    from . import zoo
+
+    if args.zoo_command == "ls":
+        store = zoo.Zoo(args.zoo)
+        entries = store.entries(arch=args.arch, dataset=args.dataset, min_acc=args.min_acc)
+        size = sum(e.bytes for e in entries) / 2**20
+        out_console.print(
+            _zoo_table(
+                entries,
+                f"zoo {store.path}: {len(entries)} of {len(store)} nets, {size:.1f} MiB (train, test: accuracy)",
+            )
+        )
+        return 0
+    if args.zoo_command == "verify":
+        report = zoo.Zoo(args.zoo).verify(fix=args.fix)
+        for line in report.lines():
+            console.print(f"{'removed ' if args.fix else ''}{line}", soft_wrap=True)
+        console.print(
+            f"checked {report.checked} nets: " + ("all good" if report.ok else f"{len(report.lines())} problem(s)")
+        )
+        return 0 if report.ok or args.fix else 1
+    options = {k[5:]: v for k, v in vars(args).items() if k.startswith("task_")}
+    config = TASKS.entry("classify").config
+    dataset, epochs = options.pop("dataset", config.dataset), options.pop("epochs", config.epochs)
+    me = distributed.init()  # under torchrun: one copy of this command per rank, the seeds shared out
+    try:
+        bar = _Bar(argparse.Namespace(task="zoo build", arch=args.arch)) if me.is_main else None
+        try:
+            result = zoo.build(
+                args.out, args.arch, dataset, args.count, epochs, lr=args.lr, device=args.device,
+                task_options=options, progress=bar if bar is not None else _progress_log(),
+            )  # fmt: skip
+        finally:
+            if bar is not None:
+                bar.stop()
+    finally:
+        distributed.shutdown()
+    if not me.is_main:
+        return 0 if not result.failed else 1
+    out_console.print(_zoo_table(result.entries, f"zoo {args.out}: {args.arch}"))
+    console.print(f"trained {len(result.trained)}, kept {len(result.kept)}: {len(result.entries)} nets in {args.out}")
+    if result.failed:
+        console.print(f"[bold red]seeds {list(result.failed)} diverged and were not stored[/]; try a lower --lr")
+        return 1
+    return 0
+
+
 def _unknown_task(name: str) -> str:
     return f"unknown task {name!r}; closest: {', '.join(closest(name, TASKS.names()))}"
 
@@ -326,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = f"rank {me.rank}: " if me.is_distributed else ""  # under torchrun, whose line is it
     handler = RichHandler(console=console, show_path=False)
     logging.basicConfig(level=level, format=f"{where}%(message)s", handlers=[handler])
-    commands = {"run": cmd_run, "report": cmd_report, "cache": cmd_cache, "list": cmd_list}
+    commands = {"run": cmd_run, "report": cmd_report, "cache": cmd_cache, "list": cmd_list, "zoo": cmd_zoo}
     try:
         return commands[args.command](args)
     except USER_ERRORS as exc:

@@ -21,6 +21,8 @@ from .fourier import FourierMLP as FourierMLP
 from .fourier import PositionalEncoding as PositionalEncoding
 from .mlp import MLP as MLP
 from .mlp import DeepONet as DeepONet
+from .resnet import ResNet as ResNet
+from .resnet import build_resnet as _build_resnet
 from .siren import Sine as Sine
 from .siren import Siren as Siren
 from .siren import siren_uniform_ as siren_uniform_
@@ -34,8 +36,9 @@ ARCHS.register("deeponet")(DeepONet)
 ARCHS.register("classifier-mlp")(ClassifierMLP)
 ARCHS.register("classifier-cnn")(ClassifierCNN)
 ARCHS.register("dip")(DIPNet)
+ARCHS.register("resnet")(_build_resnet)
 
 __all__ = [
     "ARCHS", "MLP", "PEMLP", "ClassifierCNN", "ClassifierMLP", "DIPNet", "DeepONet", "FAConv1d", "FAConv2d", "FALinear",
-    "FourierFeatures", "FourierMLP", "PositionalEncoding", "Sine", "Siren", "siren_uniform_",
+    "FourierFeatures", "FourierMLP", "PositionalEncoding", "ResNet", "Sine", "Siren", "siren_uniform_",
 ]  # fmt: skip

@@ -270,8 +270,15 @@ class Classify(Task):
 
     @staticmethod
     def _acc_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        with torch.no_grad():
-            out = model(x)
+        # eval mode: BatchNorm (resnet) uses its running statistics, not the test batch's, and a
+        # measurement leaves them alone
+        training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(x)
+        finally:
+            model.train(training)
         return float((out.argmax(-1) == y).float().mean()), float(F.cross_entropy(out, y))
 
     def evaluate(self, pred: torch.Tensor) -> dict[str, float]:
