@@ -30,7 +30,7 @@ from safetensors.torch import load
 
 from ._io import atomic_write_bytes, atomic_write_json, sha256, tensors_to_bytes
 
-__all__ = ["CacheEntry", "CacheError", "InitCache", "default_cache_dir", "tensor_digest"]
+__all__ = ["CacheEntry", "CacheError", "InitCache", "default_cache_dir", "probe_forward", "tensor_digest"]
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when the key recipe changes, so old entries are never mistaken for new ones
@@ -53,6 +53,26 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def probe_forward(model: torch.nn.Module, inputs: torch.Tensor) -> Any:
+    """``model(inputs)`` as training would compute it, leaving no trace: under ``no_grad``, in the
+    modules' own train/eval modes, with the random number generators that dropout draws from set to
+    a fixed seed (so that the output is a function of the model alone) and restored after, and
+    every buffer (BatchNorm's running statistics) put back as it was. Methods check a model with
+    it before any work, and the cache fingerprints what the model computes from its output."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    cuda = [inputs.device] if inputs.device.type == "cuda" else []
+    with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(0)
+        for device in cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(0)  # this device only: fork_rng restores no other
+        try:
+            return model(inputs)
+        finally:
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
 
 
 @dataclass(frozen=True)
