@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 import numbers
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -176,7 +177,9 @@ def noise_pretrain(
         seed: seeds the noise (a CPU generator: same target on every device).
         cache: look the result up in / store it to the init cache (``True``: ``$INITIUM_CACHE``;
             or an :class:`~initium.cache.InitCache`). A hit loads bit-identical weights and
-            runs no training step.
+            runs no training step (one forward without gradient checks and fingerprints the
+            model). A cache folder that cannot be written still serves hits; a miss is then
+            computed and not stored, with a warning.
         target_range: the range of the signal the model will be trained on.
 
     Returns:
@@ -214,8 +217,6 @@ class NoisePretrain(Method):
                 f"noise {self.config.noise!r} needs inputs on a regular grid (initium.tasks.grid);"
                 " use noise=gaussian or noise=uniform for scattered inputs"
             )
-        if self.store is not None:
-            self.store.ensure_writable()
         return out
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor | None = None) -> nn.Module:
@@ -224,13 +225,23 @@ class NoisePretrain(Method):
         cfg = self.config
         lr = cfg.lr if cfg.lr is not None else float(getattr(model, "default_lr", 1e-4))
         record = {"method": self.name, **dataclasses.asdict(cfg), "lr": lr, "cache": None}
-        key = InitCache.key(model, inputs, record) if self.store is not None else None
+        store = self.store
+        key = InitCache.key(model, inputs, record, outputs=out) if store is not None else None
         self.info = {"cache": "off" if key is None else "miss"}
-        if key is not None and (state := self.store.load(key)) is not None:
-            model.load_state_dict(state)
-            log.info("noise pretraining: cache hit %s", key[:12])
-            self.info["cache"] = "hit"
-            return model
+        if store is not None and key is not None:
+            if (state := store.load(key, like=model.state_dict())) is not None:
+                model.load_state_dict(state)
+                log.info("noise pretraining: cache hit %s", key[:12])
+                self.info["cache"] = "hit"
+                return model
+            if (why := store.unwritable()) is not None:  # a read-only cache still served its hits above
+                warnings.warn(
+                    f"initium cache folder {str(store.root)!r} is not writable ({why}): pretraining without"
+                    " storing the result; set INITIUM_CACHE to a writable folder, or pass cache=False",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                store = None
 
         out_shape = out.shape
         spatial = _spatial(self.source, inputs, out_shape)
@@ -243,6 +254,14 @@ class NoisePretrain(Method):
 
         target = (lambda _step: draw()) if cfg.resample else draw()
         fit(model, inputs, target, steps=cfg.steps, lr=lr, phase="noise")
-        if key is not None:
-            self.store.save(key, model.state_dict(), {"config": record, "model": type(model).__name__})
+        if store is not None and key is not None:
+            try:
+                store.save(key, model.state_dict(), {"config": record, "model": type(model).__name__})
+            except OSError as exc:  # the model is pretrained: only the entry is lost, not the work
+                warnings.warn(
+                    f"initium cache: could not store the pretrained init in {str(store.root)!r}"
+                    f" ({exc.strerror or exc}); the model is pretrained, the next identical call computes it again",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return model
