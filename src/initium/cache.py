@@ -296,7 +296,7 @@ class InitCache:
             out.append(CacheEntry(meta_path.stem, weights, size, created, meta))
         if unreadable:
             log.warning(
-                "init cache %s: left out %d entr%s that cannot be read (%s); `initium cache clear` removes them",
+                "init cache %s: left out %d entr%s that cannot be read (%s); `initium cache clear` removes those",
                 self.root, len(unreadable), "y" if len(unreadable) == 1 else "ies", "; ".join(unreadable[:3]),
             )  # fmt: skip
         return sorted(out, key=lambda e: -e.created)
