@@ -113,7 +113,9 @@ def test_a_sweep_killed_on_one_rank_resumes_to_the_same_end(tmp_path, one_proces
 
 
 def _rec(method: str, seed: int, **kw: object) -> str:
-    return json.dumps({"task": "t", "method": method, "seed": seed, "status": "ok"} | kw)
+    """A record with the fields every finished run's record has (records.RECORD_FIELDS, FINISHED_FIELDS)."""
+    base = {"task": "t", "arch": "a", "method": method, "seed": seed, "status": "ok", "steps": 1, "metric": "m"}
+    return json.dumps(base | {"curve": {}, "wall": {}} | kw)
 
 
 def test_load_results_merges_shards_later_records_win(tmp_path, caplog):

@@ -100,3 +100,76 @@ def test_spectral_noise_needs_a_grid():
     with pytest.raises(ValueError, match="regular grid"):
         initium.noise_pretrain(Siren(2, 1, hidden=8), scattered, steps=2, noise="spectral")
     initium.noise_pretrain(Siren(2, 1, hidden=8), scattered, steps=2, noise="uniform")  # white noise is fine
+
+
+def _two_layer():
+    return torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+
+
+@pytest.mark.parametrize(
+    ("make", "inputs", "error", "match"),
+    [
+        # no parameters: torch.optim's "optimizer got an empty parameter list" before
+        (torch.nn.Identity, grid(4, 4), ValueError, "Identity has no trainable parameters"),
+        (lambda: torch.nn.Sequential(torch.nn.ReLU()), grid(4, 4), ValueError, "Sequential has no trainable"),
+        # a plain module (no in_features attribute) and wrong-shape inputs: matmul's error mid-training before
+        (_two_layer, torch.rand(64, 3), ValueError, r"cannot run on inputs of shape \(64, 3\).*mat1 and mat2"),
+        # not a module: AttributeError on 'str' before
+        (lambda: "siren", grid(4, 4), TypeError, r"model must be a torch.nn.Module instance, got str 'siren'"),
+        # a forward that returns no tensor, and one that is not finite before any step
+        (lambda: _Returns(lambda y: (y, y)), grid(4, 4), TypeError, "must return one floating-point tensor"),
+        (lambda: _Returns(lambda y: y * float("nan")), grid(4, 4), ValueError, "not finite before any pretraining"),
+    ],
+)
+def test_models_that_cannot_be_pretrained_fail_before_any_work(make, inputs, error, match):
+    """Found by a probing forward (no gradient), not through an ``in_features`` attribute."""
+    model = make()
+    with pytest.raises(error, match=match):
+        initium.noise_pretrain(model, inputs, steps=5)
+    with pytest.raises(error, match=match):
+        initium.create("noise(steps=5)").validate(model, inputs)
+    if isinstance(model, torch.nn.Module):
+        assert all(p.grad is None for p in model.parameters())  # the probe took no gradient
+    assert not list(initium.InitCache().root.rglob("*.json"))  # and nothing was cached
+
+
+class _Returns(torch.nn.Module):
+    """A linear layer whose output goes through ``post``."""
+
+    def __init__(self, post):
+        super().__init__()
+        self.lin, self.post = torch.nn.Linear(2, 1), post
+
+    def forward(self, x):
+        return self.post(self.lin(x))
+
+
+def test_the_probe_leaves_no_trace_on_batchnorm_statistics_or_the_global_rng():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.BatchNorm1d(8), torch.nn.Dropout(0.5))
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    initium.create("noise").validate(model, grid(4, 4))
+    assert torch.equal(torch.rand(3), expected)
+    assert all(torch.equal(buffers[k], v) for k, v in model.named_buffers())
+
+
+@pytest.mark.parametrize(
+    "target_range",
+    [(0.0, float("inf")), (float("-inf"), 1.0), (float("nan"), 1.0), (0.0, float("nan")), (1.0, 1.0), (1.0, 0.0),
+     (0.0, 1.0, 2.0), ("a", "b"), 1.0],
+)  # fmt: skip
+def test_target_range_is_validated_not_blamed_on_the_learning_rate(target_range):
+    """(0, inf) ended in "loss is not finite at step 0; lower the learning rate" before."""
+    model = Siren(2, 1, hidden=8)
+    with pytest.raises(ValueError, match=r"target_range must be two finite numbers \(low, high\) with high > low"):
+        initium.noise_pretrain(model, grid(4, 4), steps=5, target_range=target_range)
+    if isinstance(target_range, tuple) and len(target_range) == 2 and all(isinstance(v, float) for v in target_range):
+        with pytest.raises(ValueError, match="target_range must be two finite"):
+            initium.create("noise", target_range=target_range)
+
+
+def test_target_range_accepts_ints_and_lists():
+    model = Siren(2, 1, hidden=8)
+    initium.noise_pretrain(model, grid(4, 4), steps=1, cache=False, target_range=[-1, 1])

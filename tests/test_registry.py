@@ -53,7 +53,33 @@ def test_defaults_fill_only_unset_fields():
     assert initium.create("noise(seed=2)", seed=5).config.seed == 2
     composed = initium.create("xavier+noise", seed=7)
     assert [m.config.seed for m in composed.methods] == [7, 7]
-    assert initium.create("default", seed=3).name == "default"  # a default with no such field is ignored
+    assert initium.create("default", seed=3).name == "default"  # seed is shared: a method without one ignores it
+    assert initium.create("rwf+noise", steps=7).methods[1].config.steps == 7  # one part taking it is enough
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "match"),
+    [
+        ("noise", {"bogus": 1}, r"method 'noise' has no option 'bogus'"),
+        ("noise", {"step": 300}, r"no option 'step'.*closest: steps"),
+        ("rwf+noise", {"stpes": 3}, r"no part of 'rwf\+noise' has an option 'stpes'.*closest: steps"),
+        ("default", {"steps": 3}, r"method 'default' has no option 'steps'; it takes none"),
+    ],
+)
+def test_keyword_options_no_part_takes_are_rejected(spec, options, match):
+    """Keywords are checked as strictly as options inside the spec (which always were)."""
+    with pytest.raises(SpecError, match=match):
+        initium.create(spec, **options)
+
+
+def test_fill_goes_where_the_field_exists_and_catches_misspellings():
+    assert initium.create("default", fill={"steps": 5, "cache": False}).name == "default"
+    assert initium.create("noise", fill={"steps": 5}).config.steps == 5
+    assert initium.create("noise(steps=2)", fill={"steps": 5}).config.steps == 2
+    with pytest.raises(SpecError, match=r"no method has an option 'stepz'.*closest: steps"):
+        initium.create("default", fill={"stepz": 5})
+    with pytest.raises(SpecError, match="given both"):
+        initium.create("noise", steps=3, fill={"steps": 5})
 
 
 def test_compose_applies_left_to_right():
@@ -87,7 +113,7 @@ def test_every_method_is_deterministic_and_in_place(name):
         model = Siren(2, 2, hidden=16, layers=2)  # two outputs: fa-noise's random labels need two classes
         before = {k: v.clone() for k, v in model.state_dict().items()}
         torch.manual_seed(global_seed)  # must not matter
-        method = initium.create(name, seed=1, steps=5, cache=False)
+        method = initium.create(name, fill={"seed": 1, "steps": 5, "cache": False})
         assert method(model, coords) is model
         return before, model.state_dict()
 

@@ -158,3 +158,33 @@ def test_bad_input(call, message):
 def test_no_supported_layer_lists_the_layer_types():
     with pytest.raises(ValueError, match="BatchNorm1d, Tanh"):
         initium.rwf(nn.Sequential(nn.Tanh(), nn.BatchNorm1d(3)))
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "dtype", "allowed"),
+    [
+        (100.0, 0.1, torch.float32, r"\[-87.34, 87.34\]"),  # exp(100) overflows float32: the forward gave NaN
+        (-100.0, 0.1, torch.float32, r"\[-87.34, 87.34\]"),  # exp(-s) overflows: V = W / exp(s) is inf
+        (0.0, 50.0, torch.float32, r"\[-87.34, 87.34\]"),  # the mean is fine, the spread is not
+        (10.0, 0.1, torch.float16, r"\[-9.704, 9.704\]"),  # the bounds follow the weights' dtype
+    ],
+)
+def test_scales_whose_exp_overflows_the_dtype_are_refused_before_any_layer_changes(mean, std, dtype, allowed):
+    model = Siren(2, 1, hidden=8).to(dtype)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=rf"mean={mean!r}, std={std!r}.*{allowed}"):
+        initium.rwf(model, mean=mean, std=std)
+    with pytest.raises(ValueError, match=allowed):
+        initium.create(f"rwf(mean={mean},std={std})").validate(model)
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_scales_just_inside_the_bounds_keep_the_function():
+    coords = grid(8, 8)
+    for mean in (85.0, -85.0):
+        torch.manual_seed(0)
+        model = Siren(2, 1, hidden=8)
+        expected = model(coords)
+        initium.rwf(model, mean=mean, std=0.1 / 6)
+        assert torch.allclose(model(coords), expected, atol=1e-5)

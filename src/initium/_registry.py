@@ -214,6 +214,14 @@ class Registry(Generic[T]):
         """The registered names, sorted, or ``in_order`` of registration (a family's own order)."""
         return list(self._entries) if in_order else sorted(self._entries)
 
+    def options(self, name: str) -> list[str]:
+        """The option names entry ``name`` takes: its config's fields, else its factory's keywords."""
+        entry = self.entry(name)
+        if entry.config is not None:
+            return [f.name for f in dataclasses.fields(entry.config) if f.init]
+        params = inspect.signature(entry.factory).parameters.values()
+        return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
@@ -237,19 +245,20 @@ class Registry(Generic[T]):
         fixed: Mapping[str, Any] | None = None,
         **defaults: Any,
     ) -> Any:
-        """The entry's config built from ``kwargs``; ``defaults`` fill fields the caller left unset;
-        ``fixed`` are set by the caller and may not be given in ``kwargs`` (e.g. a task's
-        ``in_features``)."""
+        """The entry's config built from ``kwargs``; ``defaults`` fill fields the caller left unset,
+        where the entry has them (the caller checks that a default is wanted somewhere: see
+        :func:`initium.create`); ``fixed`` are set by the caller and may not be given in ``kwargs``
+        (e.g. a task's ``in_features``)."""
         entry = self.entry(name)
         kwargs = dict(kwargs or {})
         for key, value in (fixed or {}).items():
             if key in kwargs:
                 raise SpecError(f"{self.kind} {name!r}: {key} is set by the task ({value!r}); remove it from the spec")
             kwargs[key] = value
+        options = set(self.options(name))
+        merged = {k: v for k, v in defaults.items() if k in options} | kwargs
         if entry.config is None:
-            return _check_signature(entry.factory, {**defaults, **kwargs}, f"{self.kind} {name!r}")
-        fields = {f.name for f in dataclasses.fields(entry.config)}
-        merged = {k: v for k, v in defaults.items() if k in fields} | kwargs
+            return _check_signature(entry.factory, merged, f"{self.kind} {name!r}")
         return build_config(entry.config, merged, f"{self.kind} {name!r}")
 
     def build(

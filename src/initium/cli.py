@@ -311,7 +311,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     for col in ("key", "method", "model", "steps", "noise", "size"):
         rt.add_column(col)
     for e in entries:
-        cfg = e.meta.get("config", {})
+        cfg = e.meta.get("config")
+        cfg = cfg if isinstance(cfg, dict) else {}  # a record from another version still lists
         rt.add_row(e.key[:12], str(cfg.get("method")), str(e.meta.get("model")), str(cfg.get("steps")),
                    str(cfg.get("noise")), f"{e.size / 1024:.0f} KiB")  # fmt: skip
     out_console.print(rt)

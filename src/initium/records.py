@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "PLOT_KINDS", "RESULTS", "STEP_UNITS", "MetricSpec", "PlotSpec", "identity", "latest", "load_results",
-    "metric_series", "read_records", "shard_files", "shard_path", "spec_of", "steps_to", "value_at",
+    "FINISHED_FIELDS", "PLOT_KINDS", "RECORD_FIELDS", "RESULTS", "STEP_UNITS", "MetricSpec", "PlotSpec", "identity",
+    "latest", "load_results", "metric_series", "read_records", "shard_files", "shard_path", "spec_of", "steps_to",
+    "value_at",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -222,9 +223,36 @@ def shard_files(out: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+RECORD_FIELDS: dict[str, type] = {
+    "task": str,
+    "arch": str,
+    "method": str,
+    "seed": int,
+    "status": str,
+}
+"""What every record the runner writes has (a finished or a failed run): the run's identity and
+what the report groups by."""
+FINISHED_FIELDS: dict[str, type] = {"steps": int, "metric": str, "curve": dict, "wall": dict}
+"""What a finished run's record (``status == "ok"``) has besides: what the summary reads."""
+
+
+def _not_a_record(rec: Any) -> str | None:
+    """Why a parsed line is not a run record (``None``: it is one)."""
+    if not isinstance(rec, dict):
+        return f"a JSON {type(rec).__name__}, not an object"
+    fields = RECORD_FIELDS | (FINISHED_FIELDS if rec.get("status") == "ok" else {})
+    missing = [k for k in fields if k not in rec]
+    if missing:
+        return f"no {', '.join(missing)}"
+    wrong = [k for k, kind in fields.items() if not isinstance(rec[k], kind) or isinstance(rec[k], bool)]
+    return f"{', '.join(wrong)} of the wrong type" if wrong else None
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """One file's records in file order; a torn line (a writer killed mid-line) and lines that are
-    not run records are skipped with a warning."""
+    """One file's records in file order; a torn line (a writer killed mid-line) and lines that
+    parse but are not run records (``[1, 2]``, ``{}``, an object without the fields every record
+    has: :data:`RECORD_FIELDS`, :data:`FINISHED_FIELDS`) are skipped with a warning, so that none
+    can stop a report or make a run look finished."""
     if not path.exists():
         return []
     records = []
@@ -236,8 +264,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             log.warning("skipping an unreadable line (%s:%d)", path, n)
             continue
-        if not isinstance(rec, dict) or not {"task", "method", "seed"} <= rec.keys():
-            log.warning("skipping a line that is not a run record (%s:%d)", path, n)
+        if (why := _not_a_record(rec)) is not None:
+            log.warning("skipping a line that is not a run record (%s:%d: %s)", path, n, why)
             continue
         records.append(rec)
     return records

@@ -7,15 +7,18 @@ Methods register in ``METHODS`` by name; :func:`create` turns a spec such as
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from .._registry import Registry
+from .._registry import Registry, SpecError, closest
 from ..records import PlotSpec
 
-__all__ = ["DEFAULT_RULE", "METHODS", "RULES", "Compose", "LearningRule", "Method", "create", "list_methods"]
+__all__ = [
+    "DEFAULT_RULE", "METHODS", "RULES", "SHARED_OPTIONS", "Compose", "LearningRule", "Method", "create", "list_methods",
+]  # fmt: skip
 
 
 class Method:
@@ -110,15 +113,43 @@ class Compose(Method):
         return f"Compose({self.methods!r})"
 
 
-def create(spec: str, **defaults: Any) -> Method:
+SHARED_OPTIONS: frozenset[str] = frozenset({"seed"})
+"""Options that :func:`create` may be given for any spec, even one with no part that takes them.
+``seed`` is the one: a sweep seeds every run's method (``create(spec, seed=seed)``, the runner),
+and a method that draws nothing at random (``default``, ``wn``) has no seed to set."""
+
+
+def create(spec: str, *, fill: Mapping[str, Any] | None = None, **options: Any) -> Method:
     """Build a method from a spec: ``create("noise(steps=300,noise=spectral)")``,
     ``create("rwf+noise", steps=500)``.
 
-    ``defaults`` fill any config field the spec leaves unset, in every part that has that field
-    (the runner passes ``seed=`` this way); a field named in the spec wins.
+    ``options`` fill any config field the spec leaves unset, in every part that has that field; a
+    field named in the spec wins. Each option must be a field of at least one part, so that a
+    misspelt keyword (``create("noise", step=300)``) is an error naming the closest field, as it
+    is inside the spec; the exception is :data:`SHARED_OPTIONS` (``seed``), which parts without
+    such a field ignore.
+
+    ``fill`` is for callers that build many different specs with one set of settings (a test of
+    every method with ``fill={"steps": 5, "cache": False}``): each setting goes where a part has
+    the field and is ignored elsewhere; a name that no registered method has is still an error.
     """
-    parts = [METHODS.build(name, kwargs, **defaults) for name, kwargs in METHODS.parse(spec)]
-    return parts[0] if len(parts) == 1 else Compose(parts)
+    parts = METHODS.parse(spec)
+    offered = list(dict.fromkeys(key for name, _ in parts for key in METHODS.options(name)))
+    for key in options:
+        if key not in offered and key not in SHARED_OPTIONS:
+            what = f"method {spec!r} has no" if len(parts) == 1 else f"no part of {spec!r} has an"
+            hint = f"options: {', '.join(offered)} (closest: {', '.join(closest(key, offered))})" if offered else ""
+            raise SpecError(f"create({spec!r}, {key}=...): {what} option {key!r}; {hint or 'it takes none'}")
+    fill = dict(fill or {})
+    known = sorted({key for name in METHODS.names() for key in METHODS.options(name)})
+    for key in fill:
+        if key not in known:
+            hint = ", ".join(closest(key, known))
+            raise SpecError(f"create(fill=...): no method has an option {key!r} (closest: {hint})")
+    if both := sorted(fill.keys() & options.keys()):
+        raise SpecError(f"create(): {', '.join(both)} given both as an option and in fill=; give it once")
+    built = [METHODS.build(name, kwargs, **fill, **options) for name, kwargs in parts]
+    return built[0] if len(built) == 1 else Compose(built)
 
 
 def list_methods() -> list[str]:

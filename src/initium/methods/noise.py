@@ -17,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import numbers
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..cache import InitCache
+from ..cache import InitCache, probe_forward
 from ..noise import NOISES, NoiseSource, grid_shape, sample_noise
 from ..train import fit
 from ._base import METHODS, Method
@@ -54,6 +56,49 @@ def _noise_source(spec: str) -> NoiseSource:
     return NOISES.build(name, kwargs)
 
 
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"noise_pretrain: model must be a torch.nn.Module instance, got {type(model).__name__} {model!r:.60};"
+            " build the network first (e.g. initium.nn.Siren(2, 3)) and pass it"
+        )
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(
+            f"noise_pretrain: {type(model).__name__} has no trainable parameters (none with requires_grad);"
+            " there is nothing to pretrain: pass the network whose weights should learn the noise"
+        )
+
+
+def _probe(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Run the model once on ``inputs`` (:func:`probe_forward`: no gradient, no trace) and check
+    that it gives what pretraining fits: any model, not only those with an ``in_features``."""
+    shape = tuple(inputs.shape)
+    try:
+        out = probe_forward(model, inputs)
+    except torch.OutOfMemoryError:
+        raise  # not a wrong input: the caller must see it as it is
+    except Exception as exc:  # whatever the model raises on inputs it cannot take
+        raise ValueError(
+            f"noise_pretrain: {type(model).__name__} cannot run on inputs of shape {shape}"
+            f" ({type(exc).__name__}: {exc}); pass the inputs the model will be trained on: coordinates"
+            " (N, in_features) for a coordinate network (initium.tasks.grid(H, W)), the fixed latent z for a"
+            " deep-image-prior net"
+        ) from exc
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+        raise TypeError(
+            f"noise_pretrain: {type(model).__name__}(inputs) must return one floating-point tensor to fit the"
+            f" noise to, got {type(out).__name__}; wrap the model so that its forward returns the prediction"
+        )
+    if out.numel() == 0:
+        raise ValueError(f"noise_pretrain: {type(model).__name__}(inputs) is empty (shape {tuple(out.shape)})")
+    if not torch.isfinite(out).all():
+        raise ValueError(
+            f"noise_pretrain: {type(model).__name__}(inputs) is not finite before any pretraining step;"
+            " its initial weights or the inputs' scale overflow (the learning rate plays no part yet)"
+        )
+    return out
+
+
 def _check_inputs(model: nn.Module, inputs: torch.Tensor) -> None:
     if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
         raise TypeError(f"inputs must be a floating-point torch.Tensor, got {type(inputs).__name__}")
@@ -83,10 +128,19 @@ def _check_config(cfg: NoiseConfig) -> NoiseSource:
         raise ValueError(f"steps must be an int >= 0, got {cfg.steps!r}")
     if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise ValueError(f"lr must be a finite number > 0 (or None for the model's default), got {cfg.lr!r}")
-    lo, hi = cfg.target_range
-    if not hi > lo:
-        raise ValueError(f"target_range must be (low, high) with high > low, got {cfg.target_range}")
+    _check_range(cfg.target_range)
     return _noise_source(cfg.noise)
+
+
+def _check_range(target_range: object) -> None:
+    """The range is the signal's: the noise is drawn in it, so it must be two finite numbers."""
+    ok = isinstance(target_range, (tuple, list)) and len(target_range) == 2
+    ok = ok and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in target_range)
+    if not ok or not all(math.isfinite(v) for v in target_range) or not target_range[1] > target_range[0]:
+        raise ValueError(
+            "target_range must be two finite numbers (low, high) with high > low: the range of the signal the"
+            f" model will be trained on, e.g. (0, 1) for an image or (-1, 1); got {target_range!r}"
+        )
 
 
 def _spatial(source: NoiseSource, inputs: torch.Tensor, out_shape: torch.Size) -> tuple[int, ...] | None:
@@ -123,13 +177,16 @@ def noise_pretrain(
         seed: seeds the noise (a CPU generator: same target on every device).
         cache: look the result up in / store it to the init cache (``True``: ``$INITIUM_CACHE``;
             or an :class:`~initium.cache.InitCache`). A hit loads bit-identical weights and
-            runs no training step.
+            runs no training step (one forward without gradient checks and fingerprints the
+            model). A cache folder that cannot be written still serves hits; a miss is then
+            computed and not stored, with a warning.
         target_range: the range of the signal the model will be trained on.
 
     Returns:
         ``model``, pretrained.
     """
-    cfg = NoiseConfig(steps, lr, noise, resample, seed, bool(cache), tuple(target_range))
+    _check_range(target_range)  # before the tuple() below can fail on it with a message of its own
+    cfg = NoiseConfig(steps, lr, noise, resample, seed, bool(cache), tuple(float(v) for v in target_range))
     NoisePretrain(cfg, store=cache if isinstance(cache, InitCache) else None)(model, inputs)
     return model
 
@@ -146,33 +203,47 @@ class NoisePretrain(Method):
         self.store = store or (InitCache() if config.cache else None)
 
     def validate(self, model: nn.Module, inputs: torch.Tensor | None = None) -> None:
+        self._check(model, inputs)
+
+    def _check(self, model: nn.Module, inputs: torch.Tensor | None) -> torch.Tensor:
+        """Everything :meth:`validate` promises; returns the model's output at ``inputs`` (the probe)."""
+        _check_model(model)
         if inputs is None:
             raise ValueError("noise pretraining needs the inputs the model will be trained on")
         _check_inputs(model, inputs)
-        if self.source.needs_grid and getattr(model, "in_features", None) and grid_shape(inputs) is None:
+        out = _probe(model, inputs)
+        if self.source.needs_grid and _spatial(self.source, inputs, out.shape) is None:
             raise ValueError(
                 f"noise {self.config.noise!r} needs inputs on a regular grid (initium.tasks.grid);"
                 " use noise=gaussian or noise=uniform for scattered inputs"
             )
-        if self.store is not None:
-            self.store.ensure_writable()
+        return out
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor | None = None) -> nn.Module:
-        self.validate(model, inputs)
-        assert inputs is not None  # validate() raised otherwise
+        out = self._check(model, inputs)
+        assert inputs is not None  # _check() raised otherwise
         cfg = self.config
         lr = cfg.lr if cfg.lr is not None else float(getattr(model, "default_lr", 1e-4))
         record = {"method": self.name, **dataclasses.asdict(cfg), "lr": lr, "cache": None}
-        key = InitCache.key(model, inputs, record) if self.store is not None else None
+        store = self.store
+        key = InitCache.key(model, inputs, record, outputs=out) if store is not None else None
         self.info = {"cache": "off" if key is None else "miss"}
-        if key is not None and (state := self.store.load(key)) is not None:
-            model.load_state_dict(state)
-            log.info("noise pretraining: cache hit %s", key[:12])
-            self.info["cache"] = "hit"
-            return model
+        if store is not None and key is not None:
+            if (state := store.load(key, like=model.state_dict())) is not None:
+                model.load_state_dict(state)
+                log.info("noise pretraining: cache hit %s", key[:12])
+                self.info["cache"] = "hit"
+                return model
+            if (why := store.unwritable()) is not None:  # a read-only cache still served its hits above
+                warnings.warn(
+                    f"initium cache folder {str(store.root)!r} is not writable ({why}): pretraining without"
+                    " storing the result; set INITIUM_CACHE to a writable folder, or pass cache=False",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                store = None
 
-        with torch.no_grad():
-            out_shape = model(inputs).shape
+        out_shape = out.shape
         spatial = _spatial(self.source, inputs, out_shape)
         gen = torch.Generator().manual_seed(cfg.seed)
 
@@ -183,6 +254,14 @@ class NoisePretrain(Method):
 
         target = (lambda _step: draw()) if cfg.resample else draw()
         fit(model, inputs, target, steps=cfg.steps, lr=lr, phase="noise")
-        if key is not None:
-            self.store.save(key, model.state_dict(), {"config": record, "model": type(model).__name__})
+        if store is not None and key is not None:
+            try:
+                store.save(key, model.state_dict(), {"config": record, "model": type(model).__name__})
+            except OSError as exc:  # the model is pretrained: only the entry is lost, not the work
+                warnings.warn(
+                    f"initium cache: could not store the pretrained init in {str(store.root)!r}"
+                    f" ({exc.strerror or exc}); the model is pretrained, the next identical call computes it again",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         return model

@@ -27,7 +27,7 @@ from torch.nn.utils import parametrize
 from ._base import METHODS, Method
 from .classic import weight_layers
 
-__all__ = ["RWF", "RWFConfig", "RowScale", "remove_rwf", "rwf", "select_layers"]
+__all__ = ["RWF", "SPREAD", "RWFConfig", "RowScale", "remove_rwf", "rwf", "scale_bounds", "select_layers"]
 
 
 class RowScale(nn.Module):
@@ -86,11 +86,36 @@ def select_layers(
     return found if output_layer else found[:-1]
 
 
-def _check_scales(mean: float, std: float) -> None:
+SPREAD = 6.0
+"""How many standard deviations of ``s`` the scale check covers: a row draws ``|s - mean| > 6 std``
+with probability 2e-9, so no layer of any realistic width does."""
+
+
+def scale_bounds(dtype: torch.dtype) -> tuple[float, float]:
+    """The log-scales ``s`` whose ``exp(s)`` and ``exp(-s)`` are both finite, normal numbers of
+    ``dtype``: the scale is ``exp(s)`` and ``V`` carries ``W`` times ``exp(-s)``, so past either end
+    one of them overflows (``inf * 0 = nan`` in the forward) or loses its precision to subnormals."""
+    info = torch.finfo(dtype)
+    edge = min(math.log(info.max), -math.log(info.tiny))
+    return -edge, edge
+
+
+def _check_scales(mean: float, std: float, dtypes: Sequence[torch.dtype] = ()) -> None:
+    """Refuse ``mean``/``std`` before any layer is touched (``dtypes``: the chosen weights')."""
     if not (math.isfinite(std) and std >= 0):
         raise ValueError(f"rwf: std must be a finite number >= 0, got {std!r}")
     if not math.isfinite(mean):
         raise ValueError(f"rwf: mean must be finite, got {mean!r}")
+    lo_s, hi_s = mean - SPREAD * std, mean + SPREAD * std
+    for dtype in dict.fromkeys(d for d in dtypes if d.is_floating_point):
+        lo, hi = scale_bounds(dtype)
+        if lo_s < lo or hi_s > hi:
+            raise ValueError(
+                f"rwf: mean={mean!r}, std={std!r} puts the log-scales s in [{lo_s:.4g}, {hi_s:.4g}]"
+                f" (mean ± {SPREAD:g} std), but exp(s) and exp(-s) are finite normal {dtype} numbers only"
+                f" for s in [{lo:.4g}, {hi:.4g}]; choose mean and std with mean ± {SPREAD:g}*std inside it"
+                " (the paper's mean=1.0, std=0.1 is)"
+            )
 
 
 def rwf(
@@ -108,7 +133,9 @@ def rwf(
         model: any module; every ``nn.Linear`` / ``nn.ConvNd`` is factorised (``nn.ConvTranspose``
             is not: its rows are input channels).
         mean, std: of the log-scales ``s`` (the paper's ``mu``, ``sigma``; ``std=0`` gives every row
-            the scale ``exp(mean)``).
+            the scale ``exp(mean)``). ``mean ± 6 std`` must lie in :func:`scale_bounds` of the
+            weights' dtype (about ±87.3 for float32, ±9.70 for float16), else ``exp(s)`` or ``V``
+            overflows and the model computes NaN; such values are refused.
         seed: layer ``i`` (in module order) draws its ``s`` with seed ``seed + i``.
         layers: qualified names (``"net.0"``) to factorise instead of all.
         output_layer: factorise the last layer too (default, as the authors' jaxpi code does).
@@ -121,8 +148,8 @@ def rwf(
         ...  # train as usual: the optimiser sees s and V
         initium.remove_rwf(model)  # plain weights again
     """
-    _check_scales(mean, std)
     chosen = select_layers(model, layers, output_layer)
+    _check_scales(mean, std, [m.weight.dtype for _, m in chosen])
     done = [name for name, m in chosen if _has_rwf(m)]
     if done:
         raise ValueError(f"rwf: layers {done} are already factorised; call initium.remove_rwf(model) first")
@@ -166,8 +193,8 @@ class RWF(Method):
         self.config = config
 
     def validate(self, model: nn.Module, inputs: torch.Tensor | None = None) -> None:
-        _check_scales(self.config.mean, self.config.std)
-        select_layers(model, None, self.config.output_layer)
+        chosen = select_layers(model, None, self.config.output_layer)
+        _check_scales(self.config.mean, self.config.std, [m.weight.dtype for _, m in chosen])
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor | None = None) -> nn.Module:
         c = self.config
