@@ -62,6 +62,18 @@ def test_nan_image_file(tmp_path, capsys, no_training):
     assert "NaN or infinite" in capsys.readouterr().err
 
 
+def test_tiny_and_unreadable_image_files(tmp_path, capsys, no_training):
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "dot.png", np.zeros((1, 1, 3), np.uint8))
+    assert main(_run(tmp_path, "--image", str(tmp_path / "dot.png"))) == 2
+    assert "is 1x1 pixels; an image needs at least 2 pixels a side" in " ".join(capsys.readouterr().err.split())
+    (tmp_path / "text.png").write_text("just text")
+    assert main(_run(tmp_path, "--image", str(tmp_path / "text.png"))) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "is not a readable image" in err and "pip install" not in err
+
+
 def test_unwritable_cache_fails_before_the_first_run(tmp_path, capsys, monkeypatch, no_training):
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("INITIUM_CACHE", str(tmp_path / "file" / "cache"))
