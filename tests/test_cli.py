@@ -18,6 +18,17 @@ def no_training(monkeypatch):
     monkeypatch.setattr("initium.methods.noise.fit", boom)
 
 
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Input that can be judged without the image must fail before the image is loaded."""
+
+    def boom(*_a, **_k):
+        raise AssertionError("the image was loaded before the input was checked")
+
+    monkeypatch.setattr("initium.tasks.image_fit.load_image", boom)
+    monkeypatch.setattr("initium.tasks.dip.load_image", boom)
+
+
 def _run(tmp_path, *extra):
     return ["run", "image-fit", "--size", "16", "--steps", "5", "--seeds", "1", "--out", str(tmp_path / "o"), *extra]
 
@@ -39,6 +50,25 @@ def test_bad_input_gives_one_clear_error(tmp_path, capsys, no_training, extra, m
     assert main(_run(tmp_path, *extra)) == 2
     err = capsys.readouterr().err
     assert "error:" in err and message in " ".join(err.split())
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--size", "100000"], "--size 100000 needs about"),
+    ],
+)
+def test_bad_input_fails_before_the_image_is_loaded(tmp_path, capsys, no_training, no_loading, extra, message):
+    assert main(_run(tmp_path, *extra)) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_oversized_work_names_the_estimate_and_the_machine(tmp_path, capsys, no_training, no_loading):
+    assert main(_run(tmp_path, "--size", "100000")) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "one training step of siren" in err and "but this machine has" in err and "at most about" in err
 
 
 def test_unknown_task(tmp_path, capsys, no_training):

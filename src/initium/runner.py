@@ -32,6 +32,7 @@ from torch import nn
 
 from . import __version__, batched, distributed
 from ._io import append_line, atomic_write_bytes, atomic_write_text, tensors_to_bytes
+from .memory import check_fits
 from .methods import DEFAULT_RULE, RULES, LearningRule, create
 from .precision import resolve_precision
 from .records import (
@@ -163,7 +164,8 @@ def _rules(cfg: RunConfig) -> tuple[str, ...]:
 def _prepare(
     cfg: RunConfig, local_rank: int = 0
 ) -> tuple[Task, str, dict[str, Any], torch.device, int, tuple[str, ...]]:
-    """Check every name, option and input, and load the data: all before any training."""
+    """Check every name, option and input, and load the data: all before any training. The
+    memory the run will need is checked before the data is loaded."""
     if cfg.steps is not None and (not isinstance(cfg.steps, int) or cfg.steps < 1):
         raise ValueError(f"--steps must be an int >= 1, got {cfg.steps!r}")
     if not cfg.seeds or any(not isinstance(s, int) or s < 0 for s in cfg.seeds):
@@ -183,6 +185,7 @@ def _prepare(
     arch, arch_kwargs = task.parse_arch(arch_spec)
     methods = [create(spec) for spec in cfg.methods]  # unknown names and options fail here
     device = resolve_device(cfg.device, local_rank)
+    check_fits(task.estimate_memory(arch, arch_kwargs), device)  # before setup loads or allocates anything
     task.setup(device)
     probe = task.build_model(arch, arch_kwargs).to(device)
     task.check_model(probe, arch_spec)

@@ -34,12 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..memory import MemoryEstimate
 from ..metrics import psnr, psnr_from_mse, ssim
 from ..nn import ARCHS
 from ..records import MetricSpec
 from ._base import TASKS, Task
 from .data import check_finite, load_image
-from .image_fit import square
+from .image_fit import image_memory, square
 
 __all__ = ["DIPSR", "DIPConfig", "DIPDenoise", "DIPDenoiseConfig", "DIPInpaint", "DIPInpaintConfig", "DIPSRConfig"]
 
@@ -148,6 +149,17 @@ class _DIPTask(Task):
         assert self.clean is not None, "call setup() first"
         fixed = {"in_channels": self.config.latent_channels, "out_channels": self.clean.shape[1]}
         return ARCHS.build(arch, arch_kwargs, fixed=fixed)
+
+    def estimate_memory(self, arch: str, arch_kwargs: dict[str, Any]) -> MemoryEstimate:
+        """The image, the latent, the clean, degraded and target images and the outputs' moving
+        average, and one training step of the net at full size
+        (:func:`~initium.tasks.image_fit.image_memory`). Three channels unless ``gray``."""
+        c = self.config
+        channels = 1 if c.gray else 3
+        model = ARCHS.build(arch, arch_kwargs, fixed={"in_channels": c.latent_channels, "out_channels": channels})
+        n2 = c.size * c.size
+        parts = {"latent": n2 * c.latent_channels * 4, "images (clean, degraded, target, average)": 16 * n2 * channels}
+        return image_memory(c, channels, parts, model, (1, c.latent_channels, c.size, c.size), arch)
 
     def check_model(self, model: nn.Module, arch: str) -> None:
         assert self.clean is not None, "call setup() first"
