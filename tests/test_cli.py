@@ -71,6 +71,13 @@ def test_oversized_work_names_the_estimate_and_the_machine(tmp_path, capsys, no_
     assert "one training step of siren" in err and "but this machine has" in err and "at most about" in err
 
 
+def test_dip_size_below_the_nets_smallest_input(tmp_path, capsys, no_training, no_loading):
+    argv = ["run", "dip-denoise", "--size", "32", "--steps", "2", "--seeds", "1", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--size 32 is too small" in err and "levels=5" in err and "Expected more than 1 value" not in err
+
+
 def test_unknown_task(tmp_path, capsys, no_training):
     assert main(["run", "imagefit", "--image", "camera", "--out", str(tmp_path)]) == 2
     assert "closest: image-fit" in capsys.readouterr().err
