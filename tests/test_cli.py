@@ -71,6 +71,15 @@ def test_oversized_work_names_the_estimate_and_the_machine(tmp_path, capsys, no_
     assert "one training step of siren" in err and "but this machine has" in err and "at most about" in err
 
 
+def test_unusable_out_fails_before_loading(tmp_path, capsys, no_training, no_loading):
+    (tmp_path / "file").write_text("")
+    argv = ["run", "image-fit", "--size", "16", "--steps", "5", "--seeds", "1"]
+    assert main([*argv, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in " ".join(capsys.readouterr().err.split())
+    assert main([*argv, "--out", str(tmp_path / "file" / "o")]) == 2
+    assert "cannot be created" in " ".join(capsys.readouterr().err.split())
+
+
 def test_dip_size_below_the_nets_smallest_input(tmp_path, capsys, no_training, no_loading):
     argv = ["run", "dip-denoise", "--size", "32", "--steps", "2", "--seeds", "1", "--out", str(tmp_path / "o")]
     assert main(argv) == 2

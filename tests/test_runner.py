@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import matplotlib.image as mpimg
 import pytest
 
+import initium.runner
 import initium.train
 from initium.report import mean_ci, summarize, write_report
 from initium.runner import RunConfig, eval_steps, load_results, run
@@ -122,6 +125,43 @@ def test_cache_hits_are_recorded(tmp_path):
 def test_bad_run_settings(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
         run(_cfg(tmp_path, **kw))
+
+
+def _no_loading(monkeypatch):
+    monkeypatch.setattr("initium.tasks.image_fit.load_image", lambda *a, **k: pytest.fail("the image was loaded"))
+
+
+def test_out_naming_a_file_fails_before_loading(tmp_path, monkeypatch):
+    _no_loading(monkeypatch)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ValueError, match=r"--out '.*file' is a file, not a folder"):
+        run(_cfg(tmp_path / "file"))
+    with pytest.raises(ValueError, match=r"--out '.*file/sub' cannot be created: '.*file' is a file"):
+        run(_cfg(tmp_path / "file" / "sub"))
+
+
+def test_out_that_cannot_be_written_fails_before_loading(tmp_path, monkeypatch):
+    # root writes through any permission bits: a read-only mount, as the write attempt sees it
+    def read_only(*_a, **_k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    _no_loading(monkeypatch)
+    monkeypatch.setattr(initium.runner.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(ValueError, match=r"--out '.*new' cannot be written \(Read-only file system: '.*'\); give a"):
+        run(_cfg(tmp_path / "new"))  # a folder still to be made: tried in the folder above it
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to a read-only folder")
+def test_out_in_a_read_only_folder(tmp_path, monkeypatch):
+    _no_loading(monkeypatch)
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    try:
+        with pytest.raises(ValueError, match="cannot be written"):
+            run(_cfg(tmp_path / "ro"))
+    finally:
+        (tmp_path / "ro").chmod(0o700)
 
 
 def test_eval_steps():

@@ -21,6 +21,7 @@ import logging
 import math
 import platform
 import re
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -51,8 +52,8 @@ from .tasks import TASKS, Task
 from .train import Progress, ProgressFn, TrainingDiverged, progress_hook
 
 __all__ = [
-    "RESULTS", "RunConfig", "batch_default", "eval_steps", "load_results", "metric_series", "resolve_device", "run",
-    "steps_to", "value_at",
+    "RESULTS", "RunConfig", "batch_default", "check_out", "eval_steps", "load_results", "metric_series",
+    "resolve_device", "run", "steps_to", "value_at",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -161,11 +162,34 @@ def _rules(cfg: RunConfig) -> tuple[str, ...]:
     return rules
 
 
+def check_out(out: Path) -> None:
+    """Raise ``ValueError`` naming ``--out`` unless it is a folder this process can create files in,
+    or one it can create. Tried by creating (and removing) a temporary file in it, or in the
+    nearest folder above it that exists: permission bits say nothing of a read-only mount, and
+    nothing at all to root."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder; give a folder for the results (new or existing)")
+    base = out
+    while not base.exists() and base.parent != base:
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"--out {str(out)!r} cannot be created: {str(base)!r} is a file; give another folder")
+    try:
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"--out {str(out)!r} cannot be written ({exc.strerror or exc}: {str(base)!r});"
+            " give a folder you can write to"
+        ) from exc
+
+
 def _prepare(
     cfg: RunConfig, local_rank: int = 0
 ) -> tuple[Task, str, dict[str, Any], torch.device, int, tuple[str, ...]]:
     """Check every name, option and input, and load the data: all before any training. The
-    memory the run will need is checked before the data is loaded."""
+    results folder and the memory the run will need are checked before the data is loaded."""
     if cfg.steps is not None and (not isinstance(cfg.steps, int) or cfg.steps < 1):
         raise ValueError(f"--steps must be an int >= 1, got {cfg.steps!r}")
     if not cfg.seeds or any(not isinstance(s, int) or s < 0 for s in cfg.seeds):
@@ -176,6 +200,7 @@ def _prepare(
         raise ValueError(f"--lr must be a finite number > 0, got {cfg.lr!r}")
     if cfg.eval_every is not None and (not isinstance(cfg.eval_every, int) or cfg.eval_every < 1):
         raise ValueError(f"--eval-every must be an int >= 1, got {cfg.eval_every!r}")
+    check_out(cfg.out)
     rules = _rules(cfg)
     task = TASKS.build(cfg.task, cfg.task_options)
     steps = task.resolve_steps(cfg.steps)
