@@ -56,6 +56,8 @@ def test_bad_input_gives_one_clear_error(tmp_path, capsys, no_training, extra, m
     ("extra", "message"),
     [
         (["--size", "100000"], "--size 100000 needs about"),
+        (["--thresholds", "nan"], "--thresholds must be finite numbers such as 25,30,40, got nan"),
+        (["--thresholds", "25,inf"], "--thresholds must be finite numbers such as 25,30,40, got 25,inf"),
     ],
 )
 def test_bad_input_fails_before_the_image_is_loaded(tmp_path, capsys, no_training, no_loading, extra, message):

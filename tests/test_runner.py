@@ -118,13 +118,18 @@ def test_cache_hits_are_recorded(tmp_path):
     [
         ({"eval_every": 0}, "eval-every"),
         ({"lr": float("inf")}, "lr"),
+        ({"thresholds": (float("nan"),)}, "--thresholds must be finite numbers such as 25,30,40, got nan"),
+        ({"thresholds": (25.0, float("inf"))}, "--thresholds must be finite numbers .* got 25,inf"),
+        ({"thresholds": (-float("inf"),)}, "--thresholds .* got -inf"),
         ({"arch": "siren(out_features=3)"}, "set by the task"),
         ({"device": "tpu"}, "device"),
     ],
 )
-def test_bad_run_settings(tmp_path, kw, match):
+def test_bad_run_settings(tmp_path, monkeypatch, kw, match):
+    monkeypatch.setattr(initium.train, "fit", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ValueError, match=match):
         run(_cfg(tmp_path, **kw))
+    assert not (tmp_path / "results.jsonl").exists()
 
 
 def _no_loading(monkeypatch):

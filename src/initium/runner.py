@@ -200,6 +200,11 @@ def _prepare(
         raise ValueError(f"--lr must be a finite number > 0, got {cfg.lr!r}")
     if cfg.eval_every is not None and (not isinstance(cfg.eval_every, int) or cfg.eval_every < 1):
         raise ValueError(f"--eval-every must be an int >= 1, got {cfg.eval_every!r}")
+    if cfg.thresholds is not None and not all(
+        isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) for t in cfg.thresholds
+    ):  # a NaN threshold is never reached, an infinite one never either: a column of dashes
+        got = ",".join(f"{t:g}" if isinstance(t, float) else repr(t) for t in cfg.thresholds)
+        raise ValueError(f"--thresholds must be finite numbers such as 25,30,40, got {got}")
     check_out(cfg.out)
     rules = _rules(cfg)
     task = TASKS.build(cfg.task, cfg.task_options)
