@@ -58,6 +58,8 @@ def test_bad_input_gives_one_clear_error(tmp_path, capsys, no_training, extra, m
         (["--size", "100000"], "--size 100000 needs about"),
         (["--thresholds", "nan"], "--thresholds must be finite numbers such as 25,30,40, got nan"),
         (["--thresholds", "25,inf"], "--thresholds must be finite numbers such as 25,30,40, got 25,inf"),
+        (["--lr", "1e38"], "--lr 1e+38 overflows the optimiser's float32 arithmetic"),
+        (["--methods", "default,noise(lr=1e38,steps=20)"], "--methods 'noise(lr=1e38,steps=20)': noise's lr 1e+38"),
     ],
 )
 def test_bad_input_fails_before_the_image_is_loaded(tmp_path, capsys, no_training, no_loading, extra, message):

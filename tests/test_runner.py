@@ -6,11 +6,14 @@ import os
 
 import matplotlib.image as mpimg
 import pytest
+import torch
 
+import initium.batched
 import initium.runner
 import initium.train
 from initium.report import mean_ci, summarize, write_report
 from initium.runner import RunConfig, eval_steps, load_results, run
+from initium.train import MAX_LR
 
 
 def _cfg(out, **kw):
@@ -121,6 +124,8 @@ def test_cache_hits_are_recorded(tmp_path):
         ({"thresholds": (float("nan"),)}, "--thresholds must be finite numbers such as 25,30,40, got nan"),
         ({"thresholds": (25.0, float("inf"))}, "--thresholds must be finite numbers .* got 25,inf"),
         ({"thresholds": (-float("inf"),)}, "--thresholds .* got -inf"),
+        ({"lr": 1e38}, r"--lr 1e\+38 overflows the optimiser's float32 arithmetic .* give at most 3\.4e\+37"),
+        ({"methods": ("default", "noise(lr=1e38,steps=20)")}, r"--methods 'noise\(lr=1e38,steps=20\)': noise's lr 1e"),
         ({"arch": "siren(out_features=3)"}, "set by the task"),
         ({"device": "tpu"}, "device"),
     ],
@@ -167,6 +172,70 @@ def test_out_in_a_read_only_folder(tmp_path, monkeypatch):
             run(_cfg(tmp_path / "ro"))
     finally:
         (tmp_path / "ro").chmod(0o700)
+
+
+def test_the_largest_lr_is_taken_and_one_above_it_refused(tmp_path):
+    (rec,) = run(_cfg(tmp_path, arch="siren(hidden=8)", methods=("default",), seeds=(0,), steps=3, lr=MAX_LR))
+    assert rec["status"].startswith("diverged in training")  # a result, not a crash inside Adam
+    with pytest.raises(ValueError, match="overflows"):
+        run(_cfg(tmp_path, methods=("default",), lr=MAX_LR * 1.01))
+
+
+def test_any_failure_in_init_is_that_runs_result(tmp_path, monkeypatch):
+    def broken(*_a, **_k):
+        raise RuntimeError("value cannot be converted to type float without overflow\n(second line)")
+
+    monkeypatch.setattr("initium.methods.noise.fit", broken)
+    records = run(_cfg(tmp_path, methods=("noise(steps=5)", "default"), seeds=(0, 1), steps=5))
+    status = {(r["method"], r["seed"]): r["status"] for r in records}
+    assert status == {
+        ("noise(steps=5)", 0): "failed in init: RuntimeError: value cannot be converted to type float without overflow",
+        ("noise(steps=5)", 1): "failed in init: RuntimeError: value cannot be converted to type float without overflow",
+        ("default", 0): "ok",
+        ("default", 1): "ok",
+    }  # the sweep went on past both failures
+
+
+def test_any_failure_in_training_is_that_runs_result(tmp_path, monkeypatch):
+    real, calls = initium.train.fit, []
+
+    def first_fails(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(*a, **k)
+
+    monkeypatch.setattr(initium.train, "fit", first_fails)
+    records = run(_cfg(tmp_path, methods=("default",), seeds=(0, 1), steps=5))
+    assert [r["status"] for r in records] == [
+        "failed in training: OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB",
+        "ok",
+    ]
+    assert records[0]["metric_every_step"] == [None] * 6 and "weights" not in records[0]
+    again = run(_cfg(tmp_path, methods=("default",), seeds=(0, 1), steps=5))  # a failed run is tried again
+    assert [r["status"] for r in again] == ["ok", "ok"]
+
+
+def test_a_keyboard_interrupt_still_stops_the_sweep(tmp_path, monkeypatch):
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(initium.train, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(tmp_path, methods=("default",), seeds=(0, 1), steps=5))
+    assert load_results(tmp_path) == []
+    monkeypatch.setattr("initium.methods.noise.fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(tmp_path, methods=("noise(steps=5)",), seeds=(0,), steps=5))
+
+
+def test_a_failure_in_a_stacked_group_trains_its_runs_one_by_one(tmp_path, monkeypatch):
+    def broken(*_a, **_k):
+        raise RuntimeError("vmap does not support this")
+
+    monkeypatch.setattr(initium.batched, "fit_batched", broken)
+    records = run(_cfg(tmp_path, methods=("default",), seeds=(0, 1), steps=5, batch=True))
+    assert [(r["status"], r["batched"]) for r in records] == [("ok", 1), ("ok", 1)]
 
 
 def test_eval_steps():
