@@ -91,6 +91,18 @@ def test_dip_size_below_the_nets_smallest_input(tmp_path, capsys, no_training, n
     assert "--size 32 is too small" in err and "levels=5" in err and "Expected more than 1 value" not in err
 
 
+@pytest.mark.parametrize("arch", [["--arch", "siren(w0=1e38)"], ["--arch", "fourier(hidden=16)", "--lr", "1e6"]])
+def test_a_diverged_run_shows_on_the_console(tmp_path, capsys, arch):
+    assert main(_run(tmp_path, "--methods", "default", *arch)) == 0  # a result, not a crash
+    captured = capsys.readouterr()
+    out, err = " ".join(captured.out.split()), " ".join(captured.err.split())
+    assert "no finished runs" in out and "diverged in training at step" in out and "status" in out
+    assert "warning: default · seed 0: diverged in training at step" in err
+    assert "1 of 1 runs did not finish" in err
+    assert main(["report", str(tmp_path / "o")]) == 0  # the report says it too
+    assert "warning: default · seed 0: diverged in training" in " ".join(capsys.readouterr().err.split())
+
+
 def test_unknown_task(tmp_path, capsys, no_training):
     assert main(["run", "imagefit", "--image", "camera", "--out", str(tmp_path)]) == 2
     assert "closest: image-fit" in capsys.readouterr().err

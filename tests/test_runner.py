@@ -11,7 +11,7 @@ import torch
 import initium.batched
 import initium.runner
 import initium.train
-from initium.report import mean_ci, summarize, write_report
+from initium.report import failures, mean_ci, summarize, write_report
 from initium.runner import RunConfig, eval_steps, load_results, run
 from initium.train import MAX_LR
 
@@ -236,6 +236,24 @@ def test_a_failure_in_a_stacked_group_trains_its_runs_one_by_one(tmp_path, monke
     monkeypatch.setattr(initium.batched, "fit_batched", broken)
     records = run(_cfg(tmp_path, methods=("default",), seeds=(0, 1), steps=5, batch=True))
     assert [(r["status"], r["batched"]) for r in records] == [("ok", 1), ("ok", 1)]
+
+
+def test_failed_runs_show_in_the_table_with_their_status(tmp_path):
+    records = run(_cfg(tmp_path, arch="siren(w0=1e38)", methods=("default",), seeds=(0,), steps=5))
+    table = summarize(records)
+    assert table.title.endswith("no finished runs") and table.columns == ["method", "seeds", "status"]
+    assert table.rows == [["default", "0/1", "diverged in training at step 2 (seed 0)"]]
+    assert failures(records) == ["default · seed 0: diverged in training at step 2"]
+    more = run(_cfg(tmp_path, arch="siren(w0=1e38)", methods=("default", "noise(steps=3)"), seeds=(0, 1), steps=5))
+    table = summarize(more)
+    assert table.columns[-1] == "status" and table.rows[0][1] == "0/2"
+    assert table.rows[0][-1] == "diverged in training at step 2 (seeds 0, 1)"
+    ok = run(_cfg(tmp_path / "mixed", methods=("default",), seeds=(0,), steps=5))
+    ok += [r | {"status": "diverged in init at step 3", "seed": 1} for r in ok]  # one of two failed
+    table = summarize(ok)
+    assert table.rows == [[*table.rows[0][:-1], "diverged in init at step 3 (seed 1)"]]
+    assert table.rows[0][1] == "1 (1 failed)" and "status" in table.columns
+    assert "status" not in summarize(ok[:1]).columns  # every run finished: no status column
 
 
 def test_eval_steps():
