@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +73,43 @@ def test_dipnet_shapes_range_and_skips():
 def test_dipnet_bad_latent(shape, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
         DIPNet(in_channels=8, **SMALL)(torch.rand(shape))
+
+
+def test_dipnet_states_its_smallest_input():
+    net = DIPNet(in_channels=8, **SMALL)  # 3 levels: sides a multiple of 8, at least 16 to train
+    assert (net.side_multiple, net.min_side) == (8, 16) and (DIPNet().side_multiple, DIPNet().min_side) == (32, 64)
+    assert net(torch.rand(1, 8, 16, 16)).shape == (1, 3, 16, 16)
+    for mode in (net.train, net.eval):  # in eval mode reflection padding fails instead of BatchNorm
+        mode()
+        with pytest.raises(ValueError, match=r"at least 2\*\*3 x 2 = 16 .*got \(8, 8\); use a larger image or fewer"):
+            net(torch.rand(1, 8, 8, 8))  # not torch's "Expected more than 1 value per channel"
+
+
+@pytest.mark.parametrize(
+    ("task", "size", "arch", "pieces"),
+    [
+        ("dip-denoise", 32, None, ("--size 32 is too small for --arch 'dip' with levels=5: it takes sides of at least"
+         " 2**levels x 2 = 64", "use --size 64, or fewer levels: --arch 'dip(levels=4)'")),
+        ("dip-inpaint", 8, "dip(channels=16,levels=3)", ("--size 8 is too small", "levels=3", "= 16",
+         "--arch 'dip(channels=16,levels=2)'")),
+        ("dip-denoise", 100, None, ("--size 100 is not a multiple of 2**levels = 32", "use --size 96 or 128")),
+    ],
+)  # fmt: skip
+def test_too_small_an_image_for_the_net_fails_before_loading(tmp_path, monkeypatch, task, size, arch, pieces):
+    monkeypatch.setattr(initium.train, "fit", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr("initium.tasks.dip.load_image", lambda *a, **k: pytest.fail("the image was loaded"))
+    cfg = RunConfig(task=task, out=tmp_path, arch=arch, methods=("default",), seeds=(0,), steps=2,
+                    task_options={"size": size})  # fmt: skip
+    with pytest.raises(ValueError, match=".*".join(re.escape(p) for p in pieces)):
+        run(cfg)
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_check_model_checks_the_side_too():
+    task = _setup(DIPDenoise(DIPDenoiseConfig(size=32)))  # the API path: no runner, no estimate first
+    with pytest.raises(ValueError, match="--size 32 is too small"):
+        task.check_model(task.build_model("dip", {}), "dip")
+    task.check_model(task.build_model("dip", SMALL), "dip(channels=16,levels=3)")
 
 
 # -- the tasks -----------------------------------------------------------------------------------

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import matplotlib.image as mpimg
 import pytest
+import torch
 
+import initium.batched
+import initium.runner
 import initium.train
-from initium.report import mean_ci, summarize, write_report
+from initium.report import failures, mean_ci, summarize, write_report
 from initium.runner import RunConfig, eval_steps, load_results, run
+from initium.train import MAX_LR
 
 
 def _cfg(out, **kw):
@@ -115,13 +121,139 @@ def test_cache_hits_are_recorded(tmp_path):
     [
         ({"eval_every": 0}, "eval-every"),
         ({"lr": float("inf")}, "lr"),
+        ({"thresholds": (float("nan"),)}, "--thresholds must be finite numbers such as 25,30,40, got nan"),
+        ({"thresholds": (25.0, float("inf"))}, "--thresholds must be finite numbers .* got 25,inf"),
+        ({"thresholds": (-float("inf"),)}, "--thresholds .* got -inf"),
+        ({"lr": 1e38}, r"--lr 1e\+38 overflows the optimiser's float32 arithmetic .* give at most 3\.4e\+37"),
+        ({"methods": ("default", "noise(lr=1e38,steps=20)")}, r"--methods 'noise\(lr=1e38,steps=20\)': noise's lr 1e"),
         ({"arch": "siren(out_features=3)"}, "set by the task"),
         ({"device": "tpu"}, "device"),
     ],
 )
-def test_bad_run_settings(tmp_path, kw, match):
+def test_bad_run_settings(tmp_path, monkeypatch, kw, match):
+    monkeypatch.setattr(initium.train, "fit", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ValueError, match=match):
         run(_cfg(tmp_path, **kw))
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def _no_loading(monkeypatch):
+    monkeypatch.setattr("initium.tasks.image_fit.load_image", lambda *a, **k: pytest.fail("the image was loaded"))
+
+
+def test_out_naming_a_file_fails_before_loading(tmp_path, monkeypatch):
+    _no_loading(monkeypatch)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ValueError, match=r"--out '.*file' is a file, not a folder"):
+        run(_cfg(tmp_path / "file"))
+    with pytest.raises(ValueError, match=r"--out '.*file/sub' cannot be created: '.*file' is a file"):
+        run(_cfg(tmp_path / "file" / "sub"))
+
+
+def test_out_that_cannot_be_written_fails_before_loading(tmp_path, monkeypatch):
+    # root writes through any permission bits: a read-only mount, as the write attempt sees it
+    def read_only(*_a, **_k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    _no_loading(monkeypatch)
+    monkeypatch.setattr(initium.runner.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(ValueError, match=r"--out '.*new' cannot be written \(Read-only file system: '.*'\); give a"):
+        run(_cfg(tmp_path / "new"))  # a folder still to be made: tried in the folder above it
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to a read-only folder")
+def test_out_in_a_read_only_folder(tmp_path, monkeypatch):
+    _no_loading(monkeypatch)
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    try:
+        with pytest.raises(ValueError, match="cannot be written"):
+            run(_cfg(tmp_path / "ro"))
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+
+
+def test_the_largest_lr_is_taken_and_one_above_it_refused(tmp_path):
+    (rec,) = run(_cfg(tmp_path, arch="siren(hidden=8)", methods=("default",), seeds=(0,), steps=3, lr=MAX_LR))
+    assert rec["status"].startswith("diverged in training")  # a result, not a crash inside Adam
+    with pytest.raises(ValueError, match="overflows"):
+        run(_cfg(tmp_path, methods=("default",), lr=MAX_LR * 1.01))
+
+
+def test_any_failure_in_init_is_that_runs_result(tmp_path, monkeypatch):
+    def broken(*_a, **_k):
+        raise RuntimeError("value cannot be converted to type float without overflow\n(second line)")
+
+    monkeypatch.setattr("initium.methods.noise.fit", broken)
+    records = run(_cfg(tmp_path, methods=("noise(steps=5)", "default"), seeds=(0, 1), steps=5))
+    status = {(r["method"], r["seed"]): r["status"] for r in records}
+    assert status == {
+        ("noise(steps=5)", 0): "failed in init: RuntimeError: value cannot be converted to type float without overflow",
+        ("noise(steps=5)", 1): "failed in init: RuntimeError: value cannot be converted to type float without overflow",
+        ("default", 0): "ok",
+        ("default", 1): "ok",
+    }  # the sweep went on past both failures
+
+
+def test_any_failure_in_training_is_that_runs_result(tmp_path, monkeypatch):
+    real, calls = initium.train.fit, []
+
+    def first_fails(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(*a, **k)
+
+    monkeypatch.setattr(initium.train, "fit", first_fails)
+    records = run(_cfg(tmp_path, methods=("default",), seeds=(0, 1), steps=5))
+    assert [r["status"] for r in records] == [
+        "failed in training: OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB",
+        "ok",
+    ]
+    assert records[0]["metric_every_step"] == [None] * 6 and "weights" not in records[0]
+    again = run(_cfg(tmp_path, methods=("default",), seeds=(0, 1), steps=5))  # a failed run is tried again
+    assert [r["status"] for r in again] == ["ok", "ok"]
+
+
+def test_a_keyboard_interrupt_still_stops_the_sweep(tmp_path, monkeypatch):
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(initium.train, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(tmp_path, methods=("default",), seeds=(0, 1), steps=5))
+    assert load_results(tmp_path) == []
+    monkeypatch.setattr("initium.methods.noise.fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(_cfg(tmp_path, methods=("noise(steps=5)",), seeds=(0,), steps=5))
+
+
+def test_a_failure_in_a_stacked_group_trains_its_runs_one_by_one(tmp_path, monkeypatch):
+    def broken(*_a, **_k):
+        raise RuntimeError("vmap does not support this")
+
+    monkeypatch.setattr(initium.batched, "fit_batched", broken)
+    records = run(_cfg(tmp_path, methods=("default",), seeds=(0, 1), steps=5, batch=True))
+    assert [(r["status"], r["batched"]) for r in records] == [("ok", 1), ("ok", 1)]
+
+
+def test_failed_runs_show_in_the_table_with_their_status(tmp_path):
+    records = run(_cfg(tmp_path, arch="siren(w0=1e38)", methods=("default",), seeds=(0,), steps=5))
+    table = summarize(records)
+    assert table.title.endswith("no finished runs") and table.columns == ["method", "seeds", "status"]
+    assert table.rows == [["default", "0/1", "diverged in training at step 2 (seed 0)"]]
+    assert failures(records) == ["default · seed 0: diverged in training at step 2"]
+    more = run(_cfg(tmp_path, arch="siren(w0=1e38)", methods=("default", "noise(steps=3)"), seeds=(0, 1), steps=5))
+    table = summarize(more)
+    assert table.columns[-1] == "status" and table.rows[0][1] == "0/2"
+    assert table.rows[0][-1] == "diverged in training at step 2 (seeds 0, 1)"
+    ok = run(_cfg(tmp_path / "mixed", methods=("default",), seeds=(0,), steps=5))
+    ok += [r | {"status": "diverged in init at step 3", "seed": 1} for r in ok]  # one of two failed
+    table = summarize(ok)
+    assert table.rows == [[*table.rows[0][:-1], "diverged in init at step 3 (seed 1)"]]
+    assert table.rows[0][1] == "1 (1 failed)" and "status" in table.columns
+    assert "status" not in summarize(ok[:1]).columns  # every run finished: no status column
 
 
 def test_eval_steps():

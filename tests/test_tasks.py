@@ -42,8 +42,9 @@ def test_missing_and_undecodable_files(tmp_path):
         load_image(str(tmp_path / "nope.png"))
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image at all")
-    with pytest.raises(ValueError, match="could not decode"):
+    with pytest.raises(ValueError, match="could not decode") as err:
         load_image(str(junk))
+    assert "is not a readable image" in str(err.value) and "pip install" not in str(err.value)
 
 
 def test_image_files_load_and_nan_images_are_rejected(tmp_path):
@@ -90,3 +91,23 @@ def test_image_fit_bad_config():
     task = TASKS.build("image-fit", {"image": "text", "size": 300, "scale": "crop"})  # text is 172x448
     with pytest.raises(ValueError, match="larger than the image"):
         task.setup(torch.device("cpu"))
+
+
+def test_a_one_pixel_image_is_refused_with_the_minimum_side(tmp_path):
+    iio.imwrite(tmp_path / "dot.png", np.zeros((1, 1, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"is 1x1 pixels; an image needs at least 2 pixels a side") as err:
+        load_image(str(tmp_path / "dot.png"))
+    assert "expected (H, W)" not in str(err.value)  # the shape is fine: the size is not
+    iio.imwrite(tmp_path / "line.png", np.zeros((1, 40), np.uint8))
+    with pytest.raises(ValueError, match="is 1x40 pixels"):
+        load_image(str(tmp_path / "line.png"))
+    iio.imwrite(tmp_path / "two.png", np.zeros((2, 2), np.uint8))
+    assert load_image(str(tmp_path / "two.png")).shape == (2, 2, 1)
+
+
+def test_a_text_file_named_png_is_not_a_readable_image(tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("hello, this is text\n")
+    with pytest.raises(ValueError, match=r"notes\.png' is not a readable image") as err:
+        load_image(str(text))
+    assert "pip install" not in str(err.value)  # imageio's plugin advice does not help with a text file

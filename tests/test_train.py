@@ -9,7 +9,7 @@ from torch.overrides import TorchFunctionMode
 
 from initium.nn import Siren
 from initium.tasks import grid
-from initium.train import TrainingDiverged, fit, progress_hook
+from initium.train import MAX_LR, TrainingDiverged, fit, progress_hook
 
 
 def test_history_is_the_loss_after_k_updates_and_eval_sees_that_model():
@@ -52,7 +52,10 @@ def test_progress_hook_sees_every_step():
     assert calls == [("x", 1, 3), ("x", 2, 3), ("x", 3, 3)]
 
 
-@pytest.mark.parametrize(("kw", "match"), [({"steps": -1}, "steps"), ({"lr": 0}, "lr")])
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [({"steps": -1}, "steps"), ({"lr": 0}, "lr"), ({"lr": 1e38}, r"lr 1e\+38 overflows the optimiser's float32")],
+)
 def test_bad_fit_arguments(kw, match):
     args = {"steps": 2, "lr": 1e-3} | kw
     with pytest.raises(ValueError, match=match):
@@ -130,3 +133,17 @@ def test_a_sweep_reads_back_per_evaluation_not_per_step(tmp_path):
 
     # the same 3 evaluations (0, every, 2 * every) over 4x the steps: the same reads
     assert _reads(sweep(40, 20)) == _reads(sweep(160, 80))
+
+
+def test_the_largest_lr_does_not_crash_inside_adam():
+    """Past MAX_LR Adam's first step fails converting lr / (1 - beta1) to float32; at it, it trains
+    (and diverges, as it should): the bound is the optimiser's, not an arbitrary one."""
+    model, x = Siren(2, 1, hidden=4), grid(2, 2)
+    with pytest.raises(TrainingDiverged):
+        fit(model, x, torch.ones(4, 1), steps=3, lr=MAX_LR, evaluate_at=[3])
+    params = list(Siren(2, 1, hidden=4).parameters())
+    opt = torch.optim.Adam(params, lr=MAX_LR * 1.01)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(RuntimeError, match="overflow"):
+        opt.step()  # what check_lr spares a sweep

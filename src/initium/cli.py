@@ -208,6 +208,22 @@ def print_table(table: Any) -> None:
     out_console.print(rt)
 
 
+def print_failures(records: list[dict[str, Any]]) -> None:
+    """A warning line per run that diverged or failed, under the table: such a run is a result
+    (the exit code stays 0), but one that must not pass unseen."""
+    from .report import failures
+
+    lines = failures(records)
+    for line in lines:
+        console.print(f"[bold yellow]warning:[/] {line}", soft_wrap=True)
+    if lines:
+        console.print(
+            f"{len(lines)} of {len(records)} runs did not finish: they are recorded as failed in results.jsonl,"
+            " and a rerun with the same --out tries them again",
+            soft_wrap=True,
+        )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .report import summarize, write_report
     from .runner import RunConfig, run
@@ -235,6 +251,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     finally:
         distributed.shutdown()
     print_table(summarize(records))
+    print_failures(records)
     console.print(f"results: {cfg.out / 'results.jsonl'}")
     if args.report:
         _print_files(write_report(cfg.out))
@@ -296,7 +313,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .runner import load_results
 
     files = write_report(args.dir)
-    print_table(summarize(load_results(args.dir)))
+    records = load_results(args.dir)
+    print_table(summarize(records))
+    print_failures(records)
     _print_files(files)
     return 0
 

@@ -27,7 +27,7 @@ from scipy import stats
 from ._io import atomic_write_text
 from .records import PlotSpec, load_results, metric_series, spec_of, steps_to, value_at
 
-__all__ = ["PLOTTERS", "Table", "mean_ci", "summarize", "write_report"]
+__all__ = ["PLOTTERS", "Table", "failures", "mean_ci", "summarize", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,45 @@ def _thresholds(records: list[dict[str, Any]]) -> list[str]:
     return sorted({t for r in records for t in r.get("steps_to", {})}, key=float, reverse=not higher)
 
 
+def _status(runs: list[dict[str, Any]]) -> str:
+    """A method's runs in a word: ``ok``, or what became of those that did not finish, with their
+    seeds (``diverged in training at step 2 (seed 0)``), the statuses the runner wrote."""
+    failed: dict[str, list[str]] = defaultdict(list)
+    for r in runs:
+        if r.get("status") != "ok":
+            failed[str(r.get("status"))].append(str(r.get("seed")))
+    if not failed:
+        return "ok"
+    parts = [f"{status} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})" for status, seeds in failed.items()]
+    return "; ".join(parts[:3]) + (f"; {len(parts) - 3} more" if len(parts) > 3 else "")
+
+
+def failures(records: list[dict[str, Any]]) -> list[str]:
+    """One line per run that did not finish: ``label · seed S: status`` (the CLI prints them as
+    warnings under the table, where a diverged run would otherwise be only a number in a cell)."""
+    return [
+        f"{label} · seed {r.get('seed')}: {r.get('status')}"
+        for label, runs in group(records).items()
+        for r in runs
+        if r.get("status") != "ok"
+    ]
+
+
 def summarize(records: list[dict[str, Any]]) -> Table:
     """The summary table over seeds (see the module docstring). Checkpoint values and steps to
     each threshold are read off every record's metric series (every step, or the evaluation steps
     where the loss does not give the metric), so records run with other
-    ``--thresholds`` or before a checkpoint was added still line up."""
+    ``--thresholds`` or before a checkpoint was added still line up. Where a run did not finish,
+    a last ``status`` column says what became of it (diverged or failed, in init or training, at
+    which step); where none did, the table lists each method's status alone."""
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
-        return Table("no finished runs", ["method"], [])
+        if not records:
+            return Table("no runs", ["method"], [])
+        first = records[0]
+        title = f"{first['task']} · {first.get('arch_spec', first['arch'])} · no finished runs"
+        rows = [[label, f"0/{len(runs)}", _status(runs)] for label, runs in group(records).items()]
+        return Table(title, ["method", "seeds", "status"], rows)
     first = ok[0]
     spec, steps = spec_of(first), min(r["steps"] for r in ok)
     metric, unit = first["metric"], f" {spec.unit}" if spec.unit else ""
@@ -102,11 +133,14 @@ def summarize(records: list[dict[str, Any]]) -> Table:
     columns = ["method", "seeds"] + [f"{metric}@{c}" for c in checkpoints] + [f"{metric}@{steps}"]
     columns += [f"{spec.step_unit}s→{t}{unit}" for t in thresholds]
     columns += [name for name, _ in spec.summary_fields] + ["init+train s"]
+    any_failed = len(ok) < len(records)
+    if any_failed:
+        columns.append("status")
     rows = []
     for label, runs in group(records).items():
         done = [r for r in runs if r.get("status") == "ok"]
         if not done:
-            rows.append([label, f"0/{len(runs)}"] + ["diverged"] * (len(columns) - 2))
+            rows.append([label, f"0/{len(runs)}"] + ["—"] * (len(columns) - 3) + [_status(runs)])
             continue
         n = len(done)
         series = [metric_series(r) for r in done]
@@ -120,6 +154,8 @@ def summarize(records: list[dict[str, Any]]) -> Table:
         row += [_fmt([r.get(name) for r in done], fmt, n) for name, fmt in spec.summary_fields]
         init, train = (float(np.mean([r["wall"][k] for r in done])) for k in ("init_s", "train_s"))
         row.append(f"{init:.1f}+{train:.1f}")
+        if any_failed:
+            row.append(_status(runs))
         rows.append(row)
     title = (
         f"{first['task']} · {first.get('arch_spec', first['arch'])} · {steps} {spec.step_unit}s"

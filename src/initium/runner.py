@@ -21,6 +21,7 @@ import logging
 import math
 import platform
 import re
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,7 @@ from torch import nn
 
 from . import __version__, batched, distributed
 from ._io import append_line, atomic_write_bytes, atomic_write_text, tensors_to_bytes
+from .memory import check_fits
 from .methods import DEFAULT_RULE, RULES, LearningRule, create
 from .precision import resolve_precision
 from .records import (
@@ -47,11 +49,11 @@ from .records import (
     value_at,
 )  # fmt: skip
 from .tasks import TASKS, Task
-from .train import Progress, ProgressFn, TrainingDiverged, progress_hook
+from .train import Progress, ProgressFn, TrainingDiverged, check_lr, progress_hook
 
 __all__ = [
-    "RESULTS", "RunConfig", "batch_default", "eval_steps", "load_results", "metric_series", "resolve_device", "run",
-    "steps_to", "value_at",
+    "RESULTS", "RunConfig", "batch_default", "check_out", "eval_steps", "load_results", "metric_series",
+    "resolve_device", "run", "steps_to", "value_at",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -160,20 +162,62 @@ def _rules(cfg: RunConfig) -> tuple[str, ...]:
     return rules
 
 
+def check_out(out: Path) -> None:
+    """Raise ``ValueError`` naming ``--out`` unless it is a folder this process can create files in,
+    or one it can create. Tried by creating (and removing) a temporary file in it, or in the
+    nearest folder above it that exists: permission bits say nothing of a read-only mount, and
+    nothing at all to root."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder; give a folder for the results (new or existing)")
+    base = out
+    while not base.exists() and base.parent != base:
+        base = base.parent
+    if not base.is_dir():
+        raise ValueError(f"--out {str(out)!r} cannot be created: {str(base)!r} is a file; give another folder")
+    try:
+        with tempfile.TemporaryFile(dir=base):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"--out {str(out)!r} cannot be written ({exc.strerror or exc}: {str(base)!r});"
+            " give a folder you can write to"
+        ) from exc
+
+
+def _check_lrs(cfg: RunConfig, methods: Sequence[Any]) -> None:
+    """The ``lr`` of every method spec that has one (a method's ``lr`` field is the learning rate of
+    its own training, e.g. noise pretraining's), like ``--lr``, within what the optimisers'
+    arithmetic takes (:data:`initium.train.MAX_LR`): a larger one would crash inside the run's
+    first Adam step, where a sweep would record it as a failed run instead of refusing it now."""
+    for spec, method in zip(cfg.methods, methods, strict=True):
+        for part in method.describe():
+            lr = part.get("lr")
+            if isinstance(lr, int | float) and not isinstance(lr, bool):
+                check_lr(lr, f"--methods {spec!r}: {part.get('name', 'the method')}'s lr")
+
+
 def _prepare(
     cfg: RunConfig, local_rank: int = 0
 ) -> tuple[Task, str, dict[str, Any], torch.device, int, tuple[str, ...]]:
-    """Check every name, option and input, and load the data: all before any training."""
+    """Check every name, option and input, and load the data: all before any training. The
+    results folder and the memory the run will need are checked before the data is loaded."""
     if cfg.steps is not None and (not isinstance(cfg.steps, int) or cfg.steps < 1):
         raise ValueError(f"--steps must be an int >= 1, got {cfg.steps!r}")
     if not cfg.seeds or any(not isinstance(s, int) or s < 0 for s in cfg.seeds):
         raise ValueError(f"--seeds must name at least one seed >= 0, got {cfg.seeds!r}")
     if not cfg.methods:
         raise ValueError("--methods must name at least one method, e.g. default,noise")
-    if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
-        raise ValueError(f"--lr must be a finite number > 0, got {cfg.lr!r}")
+    if cfg.lr is not None:
+        check_lr(cfg.lr, "--lr")
     if cfg.eval_every is not None and (not isinstance(cfg.eval_every, int) or cfg.eval_every < 1):
         raise ValueError(f"--eval-every must be an int >= 1, got {cfg.eval_every!r}")
+    if cfg.thresholds is not None and not all(
+        isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) for t in cfg.thresholds
+    ):  # a NaN threshold is never reached, an infinite one never either: a column of dashes
+        got = ",".join(f"{t:g}" if isinstance(t, float) else repr(t) for t in cfg.thresholds)
+        raise ValueError(f"--thresholds must be finite numbers such as 25,30,40, got {got}")
+    check_out(cfg.out)
     rules = _rules(cfg)
     task = TASKS.build(cfg.task, cfg.task_options)
     steps = task.resolve_steps(cfg.steps)
@@ -182,7 +226,9 @@ def _prepare(
     arch_spec = cfg.arch or task.default_arch
     arch, arch_kwargs = task.parse_arch(arch_spec)
     methods = [create(spec) for spec in cfg.methods]  # unknown names and options fail here
+    _check_lrs(cfg, methods)
     device = resolve_device(cfg.device, local_rank)
+    check_fits(task.estimate_memory(arch, arch_kwargs), device)  # before setup loads or allocates anything
     task.setup(device)
     probe = task.build_model(arch, arch_kwargs).to(device)
     task.check_model(probe, arch_spec)
@@ -323,6 +369,21 @@ def _label(r: _Run) -> str:
     return f"{r.rec['method']} · seed {r.rec['seed']}"
 
 
+def _fail(r: _Run, phase: str, exc: Exception) -> None:
+    """Record that run ``r`` failed in ``phase`` (``init`` or ``training``) and say so: its status
+    reads ``diverged in PHASE at step N`` or ``failed in PHASE: Error: message`` (the message's first
+    line; the traceback is logged at debug level, ``-vv``). The sweep goes on with the next run."""
+    if isinstance(exc, TrainingDiverged):
+        r.status = f"diverged in {phase} at step {exc.step}"
+    else:
+        message = (str(exc).strip().splitlines() or [""])[0]
+        message = message if len(message) <= 200 else message[:199] + "…"
+        r.status = f"failed in {phase}: {type(exc).__name__}" + (f": {message}" if message else "")
+    more = "" if isinstance(exc, TrainingDiverged) else " (-vv shows where)"
+    log.warning("%s %s: %s%s; recorded as failed, going on with the next run", r.rec["task"], _label(r), r.status, more)
+    log.debug("%s: the failure's traceback", _label(r), exc_info=exc)
+
+
 def _reporter(plan: _Plan, label: str, runs: int = 1) -> ProgressFn:
     """Pass the loops' events on to the sweep's hook, saying which run (or stacked group) they are."""
 
@@ -371,8 +432,10 @@ def _start(plan: _Plan, spec: str, rule: str, seed: int, done: set[str]) -> _Run
         t0 = time.perf_counter()
         try:
             method(model, task.inputs)
-        except TrainingDiverged as exc:  # one failed run must not end the sweep
-            r.status = f"diverged in init at step {exc.step}"
+        # one failed run must not end the sweep: whatever it raised is its result (a KeyboardInterrupt,
+        # not an Exception, still stops the sweep)
+        except Exception as exc:
+            _fail(r, "init", exc)
         sync(device)
         r.init_s = time.perf_counter() - t0
     return r
@@ -415,8 +478,9 @@ def _train(plan: _Plan, r: _Run) -> None:
                 compile=plan.cfg.compile, precision=plan.precision,
             )  # fmt: skip
             r.rec["analysis"] = _analyse(plan.task, r)
-        except TrainingDiverged as exc:  # one failed run must not end the sweep
-            r.status, r.history = f"diverged in training at step {exc.step}", exc.history
+        except Exception as exc:  # one failed run must not end the sweep (as in _start)
+            _fail(r, "training", exc)
+            r.history = exc.history if isinstance(exc, TrainingDiverged) else None
         sync(plan.device)
         r.train_s = time.perf_counter() - t0
     r.rec["batched"] = 1
@@ -434,8 +498,9 @@ def _train_group(plan: _Plan, group: list[_Run]) -> None:
                 [r.model for r in group], steps=plan.steps, lr=group[0].rec["lr"], evaluate_at=plan.evals,
                 on_eval=[_on_eval(plan, r) for r in group], compile=plan.cfg.compile, precision=plan.precision,
             )  # fmt: skip
-        except TrainingDiverged as exc:
-            log.warning("a stacked run diverged at step %d: training the %d runs one by one", exc.step, len(group))
+        except Exception as exc:  # one run's failure must not end the others: each is tried on its own
+            what = f"diverged at step {exc.step}" if isinstance(exc, TrainingDiverged) else f"failed ({exc!r})"
+            log.warning("a stacked run %s: training the %d runs one by one", what, len(group))
             for r, state in zip(group, initial, strict=True):
                 r.model.load_state_dict(state)
             return

@@ -39,8 +39,9 @@ from . import precision as _precision
 from ._io import atomic_write_bytes, atomic_write_json, sha256, tensors_to_bytes
 
 __all__ = [
-    "Checkpoint", "Epochs", "ForwardLoss", "Progress", "ProgressFn", "Schedule", "StepFn", "Steps", "TrainingDiverged",
-    "adam", "check_fit_args", "cosine", "current_progress", "fit", "loop", "mse", "progress_hook", "sgd", "step_decay",
+    "MAX_LR", "Checkpoint", "Epochs", "ForwardLoss", "Progress", "ProgressFn", "Schedule", "StepFn", "Steps",
+    "TrainingDiverged", "adam", "check_fit_args", "check_lr", "cosine", "current_progress", "fit", "loop", "mse",
+    "progress_hook", "sgd", "step_decay",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -408,12 +409,29 @@ def loop(
     return history.cpu()
 
 
+MAX_LR = float(torch.finfo(torch.float32).max) * (1 - 0.9)
+"""The largest learning rate the optimisers' arithmetic takes, about 3.4e37: Adam's first update
+hands ``lr / (1 - beta1) = 10 lr`` to its float32 kernels as a scalar, and past float32's largest
+number (3.4e38) that conversion fails (``RuntimeError: value cannot be converted to type float
+without overflow``) in the middle of the first step. SGD's ``lr`` alone is well inside it."""
+
+
+def check_lr(lr: float, what: str = "lr") -> None:
+    """Raise ``ValueError`` (naming ``what``) unless ``lr`` is a number in ``(0, MAX_LR]``."""
+    if not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"{what} must be a finite number > 0, got {lr!r}")
+    if lr > MAX_LR:
+        raise ValueError(
+            f"{what} {lr:g} overflows the optimiser's float32 arithmetic (Adam's first step is lr / (1 - beta1)"
+            f" = 10 lr, past float32's largest number 3.4e38); give at most {MAX_LR:.3g}"
+        )
+
+
 def check_fit_args(*, steps: int, lr: float, lr_decay: tuple[float, int] | None, precision: str) -> None:
     """The checks :func:`fit` and :func:`initium.batched.fit_batched` share, before any work."""
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
-    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be > 0 and finite, got {lr!r}")
+    check_lr(lr)
     if precision not in _precision.PRECISIONS:
         raise ValueError(f"precision must be one of {_precision.PRECISIONS}, got {precision!r}")
     if lr_decay is not None and not (0 < lr_decay[0] <= 1 and isinstance(lr_decay[1], int) and lr_decay[1] >= 1):

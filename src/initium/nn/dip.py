@@ -57,7 +57,8 @@ class DIPNet(nn.Module):
     The defaults are the paper's denoising / super-resolution net (Ulyanov et al. 2018,
     supplementary: 5 levels of 128 channels, skips of 4, a 32-channel latent). ``dip(channels=16,
     levels=3)`` is a small net for CPU tests. The input is ``(B, in_channels, H, W)`` with ``H`` and
-    ``W`` divisible by ``2**levels``; the output is ``(B, out_channels, H, W)``.
+    ``W`` divisible by ``2**levels`` (:attr:`side_multiple`) and at least ``2**levels x 2``
+    (:attr:`min_side`: 64 for the paper's 5 levels); the output is ``(B, out_channels, H, W)``.
     """
 
     default_lr = 0.01  # Ulyanov et al. 2018: Adam, lr 0.01, for every restoration task
@@ -86,6 +87,19 @@ class DIPNet(nn.Module):
         self.body = inner
         self.head = nn.Sequential(_conv(channels, out_channels, 1), nn.Sigmoid())
 
+    @property
+    def side_multiple(self) -> int:
+        """What the input's height and width must be multiples of: each level halves them."""
+        return 2**self.levels
+
+    @property
+    def min_side(self) -> int:
+        """The smallest height and width it takes, ``2**levels x 2``: the coarsest level sees the
+        input ``2**levels`` times smaller and needs at least 2 x 2 pixels there (its 3x3 convs pad
+        by reflection, which needs a pixel beside the border one, and in training its BatchNorm,
+        with one latent in the batch, needs more than one value per channel)."""
+        return 2 * 2**self.levels
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 4 or z.shape[1] != self.in_channels:
             raise ValueError(
@@ -97,5 +111,11 @@ class DIPNet(nn.Module):
             raise ValueError(
                 f"DIPNet with {self.levels} levels needs H and W divisible by 2**{self.levels} = {f},"
                 f" got {tuple(z.shape[2:])}; use another image size or fewer levels"
+            )
+        if min(z.shape[2:]) < self.min_side:
+            raise ValueError(
+                f"DIPNet with {self.levels} levels takes H and W of at least 2**{self.levels} x 2 ="
+                f" {self.min_side} (its coarsest level must be at least 2x2), got {tuple(z.shape[2:])};"
+                " use a larger image or fewer levels"
             )
         return self.head(self.body(z))

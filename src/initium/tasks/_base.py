@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import batched, train
 from .._registry import Registry
+from ..memory import MemoryEstimate
 from ..nn import ARCHS
 from ..precision import PRECISIONS
 from ..records import MetricSpec
@@ -70,6 +71,15 @@ class Task:
 
     def build_model(self, arch: str, arch_kwargs: dict[str, Any]) -> nn.Module:
         raise NotImplementedError
+
+    def estimate_memory(self, arch: str, arch_kwargs: dict[str, Any]) -> MemoryEstimate | None:
+        """The memory one run will hold, from the config and the architecture alone: the runner
+        calls it before :meth:`setup` and refuses work that cannot fit the machine
+        (:func:`initium.memory.check_fits`) before anything is loaded or allocated. ``None``
+        (the default): the task's data stays small whatever its options. A task may also raise
+        ``ValueError`` here for what its config and the architecture cannot do together, where
+        that is known before loading (a net too deep for the image size)."""
+        return None
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.mean((pred - target) ** 2)

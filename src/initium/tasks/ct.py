@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from skimage.transform import resize
 from torch import nn
 
+from ..memory import MemoryEstimate, step_bytes
 from ..metrics import psnr, ssim
 from ..nn import ARCHS
 from ..records import MetricSpec
@@ -83,6 +84,21 @@ class CT(Task):
 
     def build_model(self, arch: str, arch_kwargs: dict[str, Any]) -> nn.Module:
         return ARCHS.build(arch, arch_kwargs, fixed={"in_features": 2, "out_features": 1})
+
+    def estimate_memory(self, arch: str, arch_kwargs: dict[str, Any]) -> MemoryEstimate:
+        """The phantom resized (float64 and a float32 copy, in the RAM), the coordinate grid, the
+        phantom and mask on the device, one training step of the net at every pixel, and the
+        Radon transform's ``angles`` rotated copies of the image with their sampling grids (3
+        floats a pixel each, twice for the backward pass)."""
+        n, angles = self.config.size, self.config.angles
+        model = ARCHS.build(arch, arch_kwargs, fixed={"in_features": 2, "out_features": 1})
+        parts = {
+            "phantom (resizing)": n * n * 12, "coordinate grid": n * n * 2 * 4, "phantom and mask": n * n * 2 * 4,
+            "projections (radon)": 2 * angles * n * n * 3 * 4,
+        }  # fmt: skip
+        if (step := step_bytes(model, (n * n, 2))) is not None:
+            parts[f"one training step of {arch}"] = step
+        return MemoryEstimate("--size", n, parts, host=frozenset({"phantom (resizing)"}))
 
     def image(self, pred: torch.Tensor) -> torch.Tensor:
         n = self.config.size

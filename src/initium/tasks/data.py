@@ -9,7 +9,7 @@ import numpy as np
 
 from .._registry import UnknownNameError, closest
 
-__all__ = ["SAMPLE_IMAGES", "check_finite", "load_digits", "load_image", "make_mnist1d"]
+__all__ = ["MIN_SIDE", "SAMPLE_IMAGES", "check_finite", "load_digits", "load_image", "make_mnist1d"]
 
 # scikit-image samples that ship inside the wheel (the others need a download, which we never do).
 SAMPLE_IMAGES: tuple[str, ...] = (
@@ -17,6 +17,9 @@ SAMPLE_IMAGES: tuple[str, ...] = (
     "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
     "moon", "page", "retina", "rocket", "text",
 )  # fmt: skip
+
+
+MIN_SIDE = 2  # the smallest height and width load_image takes: one pixel is a colour, not an image
 
 
 def check_finite(array: np.ndarray, what: str) -> None:
@@ -39,7 +42,13 @@ def _read(source: str) -> np.ndarray:
         try:
             return np.asarray(skimage.io.imread(path))
         except Exception as exc:  # decoders raise many types; all mean "not an image we can read"
-            raise ValueError(f"could not decode image file {str(path)!r}: {exc}") from exc
+            # Only the reason's first line: imageio goes on to suggest plugins to "pip install",
+            # advice that is wrong for a file that is no image at all (a text file named .png).
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(
+                f"image file {str(path)!r} is not a readable image (PNG, JPEG, TIFF, BMP ...): the decoders could"
+                f" not decode it ({reason}); check that it is an image and not damaged"
+            ) from exc
     raise UnknownNameError(
         f"unknown image {source!r}; closest: {', '.join(closest(source, list(SAMPLE_IMAGES)))}"
         f" (bundled: {', '.join(SAMPLE_IMAGES)}), or give the path of an image file"
@@ -55,8 +64,14 @@ def load_image(source: str, *, gray: bool = False) -> np.ndarray:
     img = _read(source)
     if img.ndim == 2:
         img = img[..., None]
-    if img.ndim != 3 or img.shape[-1] not in (1, 2, 3, 4) or min(img.shape[:2]) < 2:
+    if img.ndim != 3 or img.shape[-1] not in (1, 2, 3, 4):
         raise ValueError(f"image {source!r} has shape {img.shape}; expected (H, W) or (H, W, C) with C <= 4")
+    if min(img.shape[:2]) < MIN_SIDE:
+        h, w = img.shape[:2]
+        raise ValueError(
+            f"image {source!r} is {h}x{w} pixels; an image needs at least {MIN_SIDE} pixels a side"
+            " (it is cropped to a square and resized from there)"
+        )
     if img.shape[-1] in (2, 4):
         img = img[..., :-1]  # drop alpha
     if img.dtype == bool:

@@ -34,12 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..memory import MemoryEstimate
 from ..metrics import psnr, psnr_from_mse, ssim
 from ..nn import ARCHS
 from ..records import MetricSpec
 from ._base import TASKS, Task
 from .data import check_finite, load_image
-from .image_fit import square
+from .image_fit import image_memory, square
 
 __all__ = ["DIPSR", "DIPConfig", "DIPDenoise", "DIPDenoiseConfig", "DIPInpaint", "DIPInpaintConfig", "DIPSRConfig"]
 
@@ -149,8 +150,56 @@ class _DIPTask(Task):
         fixed = {"in_channels": self.config.latent_channels, "out_channels": self.clean.shape[1]}
         return ARCHS.build(arch, arch_kwargs, fixed=fixed)
 
+    def estimate_memory(self, arch: str, arch_kwargs: dict[str, Any]) -> MemoryEstimate:
+        """Checks the image size against the net's first (:meth:`check_side`: known before the
+        image is loaded), then estimates: the image, the latent, the clean, degraded and target
+        images and the outputs' moving average, and one training step of the net at full size
+        (:func:`~initium.tasks.image_fit.image_memory`). Three channels unless ``gray``."""
+        c = self.config
+        channels = 1 if c.gray else 3
+        model = ARCHS.build(arch, arch_kwargs, fixed={"in_channels": c.latent_channels, "out_channels": channels})
+        self.check_side(model, arch, arch_kwargs)
+        n2 = c.size * c.size
+        parts = {"latent": n2 * c.latent_channels * 4, "images (clean, degraded, target, average)": 16 * n2 * channels}
+        return image_memory(c, channels, parts, model, (1, c.latent_channels, c.size, c.size), arch)
+
+    def check_side(self, model: nn.Module, arch: str, arch_kwargs: dict[str, Any]) -> None:
+        """Raise if ``--size`` is not a side the net trains on: a multiple of its
+        ``side_multiple`` and at least its ``min_side`` (:class:`~initium.nn.DIPNet`: ``2**levels``
+        and ``2**levels x 2``), naming ``--size`` and ``levels``, with the sizes and depths that
+        would do. A net without these attributes is left to :meth:`check_model`."""
+        n = self.config.size
+        multiple, smallest = getattr(model, "side_multiple", None), getattr(model, "min_side", None)
+        if not isinstance(multiple, int) or not isinstance(smallest, int) or (n >= smallest and n % multiple == 0):
+            return
+        levels = getattr(model, "levels", None)
+        spec = arch + (f"({','.join(f'{k}={v}' for k, v in arch_kwargs.items())})" if arch_kwargs else "")
+        if n < smallest:
+            problem = (
+                f"--size {n} is too small for --arch {spec!r} with levels={levels}: it takes sides of at least"
+                f" 2**levels x 2 = {smallest} (its coarsest level must be at least 2x2 pixels, for its BatchNorm"
+                " and reflection padding)"
+            )
+        else:
+            problem = (
+                f"--size {n} is not a multiple of 2**levels = {multiple}, which --arch {spec!r} with levels={levels}"
+                " needs (each level halves the image)"
+            )
+        up = max(smallest, -(-n // multiple) * multiple)
+        down = n // multiple * multiple
+        sizes = f"{down} or {up}" if down >= smallest else f"{up}"
+        fix = f"use --size {sizes}"
+        if isinstance(levels, int):
+            # the deepest net that trains on this size: side a multiple of 2**L and at least 2**L x 2
+            fits = [k for k in range(levels - 1, 0, -1) if n % 2**k == 0 and n >= 2 * 2**k]
+            if fits:
+                fewer = {**arch_kwargs, "levels": fits[0]}
+                fix += f", or fewer levels: --arch '{arch}({','.join(f'{k}={v}' for k, v in fewer.items())})'"
+        raise ValueError(f"{problem}; {fix}")
+
     def check_model(self, model: nn.Module, arch: str) -> None:
         assert self.clean is not None, "call setup() first"
+        self.check_side(model, *self.parse_arch(arch))
         with torch.no_grad():
             shape = tuple(model(self.inputs).shape)
         if shape != tuple(self.clean.shape):

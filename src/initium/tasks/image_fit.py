@@ -11,13 +11,14 @@ import torch
 from skimage.transform import resize
 from torch import nn
 
+from ..memory import MemoryEstimate, step_bytes
 from ..metrics import BANDS, band_errors, psnr_from_mse, ssim
 from ..nn import ARCHS
 from ..records import MetricSpec, PlotSpec
 from ._base import TASKS, Task, grid
 from .data import check_finite, load_image
 
-__all__ = ["ImageFit", "ImageFitConfig"]
+__all__ = ["ImageFit", "ImageFitConfig", "image_memory", "square"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,22 @@ def square(img: np.ndarray, size: int, scale: str) -> np.ndarray:
     if side != size:
         img = resize(img, (size, size), anti_aliasing=True, preserve_range=True).astype(np.float32)
     return img
+
+
+def image_memory(
+    config: Any, channels: int, parts: dict[str, int], model: nn.Module, shape: tuple[int, ...], arch: str
+) -> MemoryEstimate:
+    """A :class:`~initium.memory.MemoryEstimate` for a task that trains on one ``config.size``
+    square image (``image-fit``, the DIP tasks): the image as :func:`square` makes it, in the RAM
+    (resizing: scikit-image's float64 result and its float32 copy, 12 bytes a value; cropping: one
+    float32 copy), the task's own ``parts`` on the device, and one training step of ``model`` at
+    an input of ``shape`` (:func:`initium.memory.step_bytes`)."""
+    n = config.size
+    image = "image (resizing)" if config.scale == "resize" else "image (cropping)"
+    out = {image: n * n * channels * (12 if config.scale == "resize" else 4), **parts}
+    if (step := step_bytes(model, shape)) is not None:
+        out[f"one training step of {arch}"] = step
+    return MemoryEstimate("--size", n, out, host=frozenset({image}))
 
 
 @TASKS.register("image-fit", ImageFitConfig)
@@ -76,6 +93,15 @@ class ImageFit(Task):
 
     def build_model(self, arch: str, arch_kwargs: dict[str, Any]) -> nn.Module:
         return ARCHS.build(arch, arch_kwargs, fixed={"in_features": 2, "out_features": self.target.shape[1]})
+
+    def estimate_memory(self, arch: str, arch_kwargs: dict[str, Any]) -> MemoryEstimate:
+        """The image, the coordinate grid (2 floats a pixel), the target and one full-batch
+        training step at every pixel (:func:`image_memory`). Three channels unless ``gray``: the
+        image's own are not known before it is loaded."""
+        n, c = self.config.size, 1 if self.config.gray else 3
+        model = ARCHS.build(arch, arch_kwargs, fixed={"in_features": 2, "out_features": c})
+        parts = {"coordinate grid": n * n * 2 * 4, "target": n * n * c * 4}
+        return image_memory(self.config, c, parts, model, (n * n, 2), arch)
 
     def step_metric(self, loss_history: torch.Tensor) -> torch.Tensor | None:
         return psnr_from_mse(loss_history)  # the loss is the MSE over every pixel: PSNR exactly
