@@ -382,7 +382,7 @@ def test_a_folder_that_is_not_a_zoo(tmp_path):
         (dict(arch="resnett"), ValueError, "unknown architecture 'resnett'; closest: resnet"),
         (dict(arch="resnet(depth=8,in_shape=(3,32,32))"), ValueError, "in_shape is set by the task"),
         (dict(dataset="cifar"), ValueError, "dataset"),
-        (dict(lr=-1.0), ValueError, "lr must be a finite number > 0"),
+        (dict(lr=-1.0), ValueError, "lr must be > 0 and finite"),
         (dict(task_options={"epochs": 3}), ValueError, "give epochs as build's own argument"),
     ],
 )

@@ -64,8 +64,12 @@ def _floats(text: str) -> tuple[float, ...]:
         values = tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 25,30,40, got {text!r}") from None
-    if not values or not all(math.isfinite(v) for v in values):
-        raise argparse.ArgumentTypeError(f"expected one or more finite numbers such as 25,30,40, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError(
+            f"--thresholds takes one or more finite numbers such as 25,30,40, got {text!r}"
+        )
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"--thresholds must be finite numbers such as 25,30,40, got {text}")
     return values
 
 

@@ -419,7 +419,7 @@ without overflow``) in the middle of the first step. SGD's ``lr`` alone is well 
 def check_lr(lr: float, what: str = "lr") -> None:
     """Raise ``ValueError`` (naming ``what``) unless ``lr`` is a number in ``(0, MAX_LR]``."""
     if not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"{what} must be a finite number > 0, got {lr!r}")
+        raise ValueError(f"{what} must be > 0 and finite, got {lr!r}")
     if lr > MAX_LR:
         raise ValueError(
             f"{what} {lr:g} overflows the optimiser's float32 arithmetic (Adam's first step is lr / (1 - beta1)"

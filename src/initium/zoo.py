@@ -50,7 +50,6 @@ import datetime
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -69,7 +68,7 @@ from . import __version__, distributed
 from ._io import atomic_write_bytes, sha256, tensors_to_bytes
 from ._registry import parse_spec
 from .nn import ARCHS
-from .train import Progress, ProgressFn
+from .train import Progress, ProgressFn, check_lr
 
 try:  # the build lock: POSIX advisory locks, released by the OS when the holder dies (kill -9)
     import fcntl
@@ -590,8 +589,8 @@ def _plan(
         if key in options:
             raise ValueError(f"give {key} as build's own argument, not in task_options")
     options = _BUILD_DEFAULTS | options | {"dataset": dataset, "epochs": _check_int("epochs", epochs, 1)}
-    if lr is not None and not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if lr is not None:
+        check_lr(lr)
     task = TASKS.build(TASK, options)
     name, kwargs = task.parse_arch(arch)
     dev = distributed.device_for(distributed.rank_info(), device)
