@@ -380,7 +380,7 @@ EDGES = [
     ("image-fit", "--thresholds", "10,inf", "finite numbers"),
     ("image-fit", "--thresholds", "1e400", "finite numbers"),  # float('1e400') is inf
     ("image-fit", "--thresholds", "", "one or more"),  # fell back to the task's thresholds silently
-    ("image-fit", "--lr", "nan", "--lr must be a finite number > 0"),
+    ("image-fit", "--lr", "nan", "--lr must be > 0 and finite"),
     ("image-fit", "--lr", "1e-320", None),  # subnormal, but finite and > 0
     ("image-fit", "--eval-every", "0", "--eval-every must be an int >= 1"),
     ("image-fit", "--eval-every", "1" + "0" * 30, None),
