@@ -460,7 +460,7 @@ def _task_of(argv: list[str]) -> str | None:
     pass that fails is tried again without abbreviations; ``None`` leaves the error to the full parse."""
     for abbrev in (True, False):
         try:
-            with contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
                 first, _ = build_parser(abbrev=abbrev).parse_known_args(argv)
         except SystemExit:
             continue
