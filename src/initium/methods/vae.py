@@ -530,8 +530,9 @@ class _Plan:
     meta: dict[str, Any]
 
     def fingerprint(self) -> dict[str, Any]:
-        """What a resumed run must share with the interrupted one to reuse its work."""
-        return {"zoo": self.meta["zoo"], "training": self.meta["training"], "layers": [n for n, *_ in self.layers]}
+        """What a resumed run must share with the interrupted one to reuse its work: the zoo's
+        content (not its path: a moved zoo is the same zoo), the split, the config, the layers."""
+        return _fingerprint(self.meta) | {"layers": [n for n, *_ in self.layers]}
 
     def cost(self, index: int) -> int:
         """Training slices of layer ``index`` (its share of the work), before the drop."""
@@ -547,6 +548,11 @@ class _Plan:
             loads[r] += self.cost(i)
             deal[r].append(i)
         return [sorted(d) for d in deal]
+
+
+def _fingerprint(meta: Mapping[str, Any]) -> dict[str, Any]:
+    zoo = {k: v for k, v in dict(meta.get("zoo") or {}).items() if k != "path"}
+    return {"zoo": zoo, "training": meta.get("training")}
 
 
 def _plan(zoo: str | os.PathLike[str] | Zoo, cfg: TrainConfig, arch: str | None, min_acc: float | None) -> _Plan:
@@ -675,9 +681,7 @@ def _check_out(out: Path, fingerprint: Mapping[str, Any]) -> bool:
     if out.exists() and not out.is_dir():
         raise VAEError(f"--out {out} is a file, not a folder for a weight VAE")
     if (out / CONFIG_FILE).exists():
-        done = load(out)
-        mine = {"zoo": done.meta.get("zoo"), "training": done.meta.get("training")}
-        if mine != {"zoo": fingerprint["zoo"], "training": fingerprint["training"]}:
+        if _fingerprint(load(out).meta) != {k: fingerprint[k] for k in ("zoo", "training")}:
             raise VAEError(
                 f"--out {out} holds a weight VAE of another zoo or training config; give a new folder or remove it"
             )
