@@ -54,10 +54,12 @@ VAE, and the checkpoint of the layer in progress (saved every epoch); started ag
 arguments it keeps the finished layers, resumes the one in progress from its last epoch and ends
 bit-identical (on the CPU) to an uninterrupted run. Under ``torchrun`` the *layers* are dealt out
 over the ranks (largest first, to the least-loaded rank), each rank trains its own VAEs, and rank 0
-writes the files once all are done. The VAEs are independent and small (~40 k parameters): data
-parallelism (DDP) inside one of them would spend its time exchanging gradients; whole layers per
-rank need no communication at all, and give exactly the VAEs of a one-process run (the same seed
-and data per layer, whichever rank trains it; bit-identical on CPUs with the same thread count).
+writes the files once all are done. The VAEs are independent and small (49 k parameters for 3x3):
+data parallelism (DDP) inside one of them would spend its time exchanging gradients; whole layers
+per rank need no communication at all, and give exactly the VAEs of a one-process run (the same
+seed and data per layer, whichever rank trains it; bit-identical on CPUs with the same thread
+count). The ranks share the work folder: on several machines it must be on a shared file system.
+Past one rank per layer (more ranks than layers) the extra ranks idle.
 
 Python API::
 
