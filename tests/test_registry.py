@@ -6,7 +6,25 @@ import torch
 import initium
 from initium._registry import SpecError, UnknownNameError, parse_spec
 from initium.methods import Compose, Method
-from initium.nn import Siren
+from initium.nn import MLPSliceVAE, Siren
+
+
+def _untrained_vae(folder) -> str:
+    """A weight VAE (untrained) for linear rows of 16, as a zoo of 16-wide MLPs would give: the
+    ``vae`` method needs a path, and the property below holds for any VAE."""
+    layer = {
+        "name": "net.1", "kind": "linear", "shape": [16, 16], "slice_shape": [16], "position": 1, "depth": 0.5,
+        "vae": "mlp", "latent": 8, "hidden": 32, "scale": 0.25, "train_slices": 0, "val_slices": 0,
+        "train_loss": [], "val_loss": [],
+    }  # fmt: skip
+    torch.manual_seed(0)
+    meta = {"format": initium.vae.FORMAT, "version": 1, "zoo": {}, "training": {}, "layers": [layer]}
+    initium.vae.WeightVAE(meta, [MLPSliceVAE((16,))]).save(folder)
+    return str(folder)
+
+
+# what a method needs besides the common options (an artifact to load)
+NEEDS = {"vae": lambda tmp: {"path": _untrained_vae(tmp / "vae")}}
 
 
 def test_parse_spec_nested_and_composed():
@@ -103,17 +121,18 @@ def test_builtin_methods_are_registered():
 
 
 @pytest.mark.parametrize("name", initium.list_methods())
-def test_every_method_is_deterministic_and_in_place(name):
+def test_every_method_is_deterministic_and_in_place(name, tmp_path):
     """Each registered method returns the same module, gives finite outputs and draws its
     randomness from its own seed, not from the global RNG."""
     coords = initium.tasks.grid(8, 8)
+    needs = NEEDS[name](tmp_path) if name in NEEDS else {}
 
     def apply(global_seed):
         torch.manual_seed(0)
         model = Siren(2, 2, hidden=16, layers=2)  # two outputs: fa-noise's random labels need two classes
         before = {k: v.clone() for k, v in model.state_dict().items()}
         torch.manual_seed(global_seed)  # must not matter
-        method = initium.create(name, fill={"seed": 1, "steps": 5, "cache": False})
+        method = initium.create(name, fill={"seed": 1, "steps": 5, "cache": False} | needs)
         assert method(model, coords) is model
         return before, model.state_dict()
 
@@ -123,4 +142,4 @@ def test_every_method_is_deterministic_and_in_place(name):
     assert all(torch.isfinite(v).all() for v in after.values())
     # a reparametrisation (rwf, wn, aa) changes the parameters even where it keeps the function
     changed = set(before) != set(after) or any(not torch.equal(before[k], after[k]) for k in after)
-    assert changed == initium.create(name).changes_weights
+    assert changed == initium.create(name, **needs).changes_weights

@@ -13,6 +13,8 @@ Public API (DESIGN.md section 4)::
     initium.remove_rwf(model)
     initium.list_methods()
     zoo = initium.zoo.Zoo("runs/zoo")      # trained nets: catalog.sqlite + safetensors
+    initium.vae.train("runs/zoo", "runs/vae")              # a VAE per layer over the zoo's weight slices
+    initium.create("vae(path=runs/vae)", seed=3)(model)    # sample a new net's weights from it
 """
 
 __version__ = "0.1.0"
@@ -26,6 +28,7 @@ from .cache import InitCache as InitCache
 from .methods import create as create
 from .methods import fa as fa
 from .methods import list_methods as list_methods
+from .methods import vae as vae
 from .methods.noise import noise_pretrain as noise_pretrain
 from .methods.rwf import remove_rwf as remove_rwf
 from .methods.rwf import rwf as rwf
@@ -33,8 +36,9 @@ from .methods.rwf import rwf as rwf
 # One home per family (DESIGN.md section 3): ``initium.fa`` *is* ``initium.methods.fa``, also for
 # ``import initium.fa`` and ``from initium.fa import ...``.
 _sys.modules[__name__ + ".fa"] = fa
+_sys.modules[__name__ + ".vae"] = vae
 
 __all__ = [
     "InitCache", "__version__", "create", "fa", "list_methods", "nn", "noise_pretrain", "remove_rwf", "rwf", "tasks",
-    "zoo",
+    "vae", "zoo",
 ]  # fmt: skip

@@ -160,6 +160,7 @@ def build_parser(task: str | None = None, *, abbrev: bool = True) -> argparse.Ar
 
     sub.add_parser("list", help="registered methods, tasks, architectures and bundled images")
     _add_zoo_parser(sub)
+    _add_train_parser(sub)
     return parser
 
 
@@ -194,6 +195,35 @@ def _add_zoo_parser(sub: Any) -> None:
     verify = zsub.add_parser("verify", help="check every net's file against its sha256; exit 1 if any is bad")
     verify.add_argument("zoo", type=Path)
     verify.add_argument("--fix", action="store_true", help="remove bad rows, their files and files without a row")
+
+
+def _add_train_parser(sub: Any) -> None:
+    """``initium train vae`` (:mod:`initium.vae`); the GHN joins it."""
+    from .methods.vae import TrainConfig
+
+    train = sub.add_parser("train", help="train a generative init on a model zoo (vae)")
+    tsub = train.add_subparsers(dest="train_command", required=True)
+    vae = tsub.add_parser(
+        "vae", help="one VAE per layer over the zoo's weight slices; checkpoints, resumes, shards layers under torchrun"
+    )
+    vae.add_argument("--zoo", type=Path, required=True, help="the model zoo (initium zoo build ... --out ZOO)")
+    vae.add_argument("--out", type=Path, required=True, help="the VAE folder: vae.safetensors + vae.json")
+    vae.add_argument("--arch", default=None, help="only the zoo's nets of this architecture (name or spec)")
+    vae.add_argument("--min-acc", type=float, default=None, help="only nets with at least this test accuracy")
+    defaults = TrainConfig()
+    for name, kind, text in (
+        ("epochs", int, "epochs of minibatches per layer's VAE"), ("batch_size", int, "slices per minibatch"),
+        ("lr", float, "Adam's learning rate, decaying to 0 (cosine)"), ("latent", int, "latent size"),
+        ("hidden", int, "hidden channels / units"),
+        ("drop", float, "fraction of each layer's lowest-norm slices left out"),
+        ("val_fraction", float, "fraction of the nets held out for validation (by net)"),
+        ("seed", int, "seed of the split, the VAEs' init and their training noise"),
+    ):  # fmt: skip
+        flag = "--" + name.replace("_", "-")
+        vae.add_argument(
+            flag, type=kind, default=getattr(defaults, name), help=f"{text} (default {getattr(defaults, name)})"
+        )
+    vae.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
 
 
 def _split_methods(text: str) -> tuple[str, ...]:
@@ -407,6 +437,41 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .methods import vae
+
+    me = distributed.init()  # under torchrun: one copy of this command per rank, the layers shared out
+    try:
+        bar = _Bar(argparse.Namespace(task="train vae", arch=str(args.zoo))) if me.is_main else None
+        try:
+            bank = vae.train(
+                args.zoo, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, latent=args.latent,
+                hidden=args.hidden, drop=args.drop, val_fraction=args.val_fraction, seed=args.seed, arch=args.arch,
+                min_acc=args.min_acc, device=args.device, progress=bar if bar is not None else _progress_log(),
+            )  # fmt: skip
+        finally:
+            if bar is not None:
+                bar.stop()
+    finally:
+        distributed.shutdown()
+    if not me.is_main:
+        return 0
+    zoo = bank.meta["zoo"]
+    rt = RichTable(title=f"weight VAE {args.out}: {zoo['arch_spec']}, {len(zoo['train_nets'])} training and"
+                   f" {len(zoo['val_nets'])} validation nets (-ELBO, nats per slice)", title_style="bold")  # fmt: skip
+    for col in ("layer", "vae", "slice", "train slices", "val slices", "val before", "val after", "train after"):
+        rt.add_column(col, justify="left" if col in ("layer", "vae") else "right")
+    for layer in bank.layers:
+        rt.add_row(layer.name, layer.vae, "x".join(map(str, layer.slice_shape)), str(layer.train_slices),
+                   str(layer.val_slices), f"{layer.val_loss[0]:.3f}", f"{layer.val_loss[-1]:.3f}",
+                   f"{layer.train_loss[-1]:.3f}")  # fmt: skip
+    out_console.print(rt)
+    console.print(
+        f"saved {args.out / vae.WEIGHTS_FILE} and {vae.CONFIG_FILE}; use it: --methods 'vae(path={args.out})'"
+    )
+    return 0
+
+
 def _unknown_task(name: str) -> str:
     return f"unknown task {name!r}; closest: {', '.join(closest(name, TASKS.names()))}"
 
@@ -417,7 +482,7 @@ def _task_of(argv: list[str]) -> str | None:
     pass that fails is tried again without abbreviations; ``None`` leaves the error to the full parse."""
     for abbrev in (True, False):
         try:
-            with contextlib.redirect_stderr(io.StringIO()):
+            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
                 first, _ = build_parser(abbrev=abbrev).parse_known_args(argv)
         except SystemExit:
             continue
@@ -442,7 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = f"rank {me.rank}: " if me.is_distributed else ""  # under torchrun, whose line is it
     handler = RichHandler(console=console, show_path=False)
     logging.basicConfig(level=level, format=f"{where}%(message)s", handlers=[handler])
-    commands = {"run": cmd_run, "report": cmd_report, "cache": cmd_cache, "list": cmd_list, "zoo": cmd_zoo}
+    commands = {
+        "run": cmd_run, "report": cmd_report, "cache": cmd_cache, "list": cmd_list, "zoo": cmd_zoo, "train": cmd_train,
+    }  # fmt: skip
     try:
         return commands[args.command](args)
     except USER_ERRORS as exc:

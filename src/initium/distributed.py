@@ -17,7 +17,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-__all__ = ["Rank", "barrier", "device_for", "init", "is_joined", "rank_info", "shard", "shutdown"]
+__all__ = ["Rank", "all_ok", "barrier", "device_for", "init", "is_joined", "rank_info", "shard", "shutdown"]
 
 T = TypeVar("T")
 
@@ -105,6 +105,17 @@ def barrier() -> None:
         dist.barrier(device_ids=[torch.cuda.current_device()])
     else:
         dist.barrier()
+
+
+def all_ok(ok: bool) -> bool:
+    """Whether every rank got here with ``ok`` (one all-reduce; just ``ok`` for one process), so
+    that a failure on one rank stops all of them instead of leaving the others at a barrier."""
+    if not _active():
+        return ok
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    flag = torch.tensor([int(ok)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def shutdown() -> None:

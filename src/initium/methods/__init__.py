@@ -2,7 +2,8 @@
 
 One home per family: a family's whole logic is one module here (its layers in :mod:`initium.nn`),
 public under one name at the package root, the same module object: ``initium.fa is
-initium.methods.fa``; the coming ``vae`` and ``ghn`` follow the same convention.
+initium.methods.fa``, ``initium.vae is initium.methods.vae``; the coming ``ghn`` follows the same
+convention.
 """
 
 from . import classic as classic
@@ -10,6 +11,7 @@ from . import fa as fa
 from . import noise as noise
 from . import reparam as reparam
 from . import rwf as rwf
+from . import vae as vae
 from ._base import DEFAULT_RULE as DEFAULT_RULE
 from ._base import METHODS as METHODS
 from ._base import RULES as RULES
@@ -21,5 +23,5 @@ from ._base import list_methods as list_methods
 
 __all__ = [
     "DEFAULT_RULE", "METHODS", "RULES", "Compose", "LearningRule", "Method", "classic", "create", "fa", "list_methods",
-    "noise", "reparam", "rwf",
+    "noise", "reparam", "rwf", "vae",
 ]  # fmt: skip

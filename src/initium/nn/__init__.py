@@ -26,6 +26,9 @@ from .resnet import build_resnet as _build_resnet
 from .siren import Sine as Sine
 from .siren import Siren as Siren
 from .siren import siren_uniform_ as siren_uniform_
+from .vae import ConvSliceVAE as ConvSliceVAE
+from .vae import MLPSliceVAE as MLPSliceVAE
+from .vae import SliceVAE as SliceVAE
 
 ARCHS: Registry[nn.Module] = Registry("architecture")
 ARCHS.register("siren")(Siren)
@@ -39,6 +42,7 @@ ARCHS.register("dip")(DIPNet)
 ARCHS.register("resnet")(_build_resnet)
 
 __all__ = [
-    "ARCHS", "MLP", "PEMLP", "ClassifierCNN", "ClassifierMLP", "DIPNet", "DeepONet", "FAConv1d", "FAConv2d", "FALinear",
-    "FourierFeatures", "FourierMLP", "PositionalEncoding", "ResNet", "Sine", "Siren", "siren_uniform_",
+    "ARCHS", "MLP", "PEMLP", "ClassifierCNN", "ClassifierMLP", "ConvSliceVAE", "DIPNet", "DeepONet", "FAConv1d",
+    "FAConv2d", "FALinear", "FourierFeatures", "FourierMLP", "MLPSliceVAE", "PositionalEncoding", "ResNet", "Sine",
+    "Siren", "SliceVAE", "siren_uniform_",
 ]  # fmt: skip
