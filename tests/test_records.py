@@ -41,7 +41,7 @@ def test_every_task_declares_a_spec_that_round_trips(name):
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: PlotSpec("histogram", "x"), "kind must be one of curves, layer_curves, spectrum; got 'histogram'"),
+        (lambda: PlotSpec("histogram", "x"), "kind must be one of curves, layer_curves, spectrum, severity; got 'histogram'"),
         (lambda: PlotSpec("curves", ""), "key must be a non-empty record key"),
         (lambda: MetricSpec("psnr", step_unit="batch"), "step_unit must be one of step, epoch; got 'batch'"),
         (lambda: MetricSpec("psnr", format="%d"), "format must be a float format"),

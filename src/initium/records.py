@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "FINISHED_FIELDS", "PLOT_KINDS", "RECORD_FIELDS", "RESULTS", "STEP_UNITS", "MetricSpec", "PlotSpec", "identity",
-    "latest", "load_results", "metric_series", "read_records", "shard_files", "shard_path", "spec_of", "steps_to",
-    "value_at",
+    "FINISHED_FIELDS", "LOGITS", "PLOT_KINDS", "RECORD_FIELDS", "RESULTS", "STEP_UNITS", "MetricSpec", "PlotSpec",
+    "identity", "latest", "load_results", "metric_series", "read_records", "shard_files", "shard_path", "spec_of",
+    "steps_to", "value_at",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,22 @@ RESULTS = "results.jsonl"
 SHARD_GLOB = "results.rank*.jsonl"
 _SHARD_RE = re.compile(r"results\.rank(\d+)\.jsonl")
 
-PLOT_KINDS = ("curves", "layer_curves", "spectrum")
+PLOT_KINDS = ("curves", "layer_curves", "spectrum", "severity")
 """What a :class:`PlotSpec` can draw (the report has one generic plot function per kind):
 
 - ``curves``: every curve key that starts with ``key`` (``"band_"``: ``band_low``, ...), one panel each;
 - ``layer_curves``: the curve keys ``key/<layer>`` (``"wb_angle"``: ``wb_angle/net.0``, ...), one panel per layer;
-- ``spectrum``: the array ``record["analysis"][key]`` against its index, log-log.
+- ``spectrum``: the array ``record["analysis"][key]`` against its index, log-log;
+- ``severity``: ``record["analysis"][key]`` is ``{measure: {condition: [value at severity 0, 1, ...]}}``
+  (e.g. ``{"acc": {"contrast": [...]}, "ece": {...}}``): one row of panels per measure, one panel per
+  condition plus their mean, value against severity.
 """
+
+LOGITS = "logits"
+"""The record field naming a run's stored test logits: a safetensors file (path relative to the
+results folder) with ``labels`` ``(N,)`` int64 and one ``(N, K)`` float32 logits tensor per test
+set: ``clean``, and ``<condition>@<severity>`` for a shifted set (``contrast@3``). The report forms
+ensembles of a method's seeds from them (:mod:`initium.ensembles`)."""
 
 STEP_UNITS = ("step", "epoch")
 

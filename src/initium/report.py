@@ -24,10 +24,11 @@ import numpy as np
 from safetensors.numpy import load_file
 from scipy import stats
 
+from . import ensembles
 from ._io import atomic_write_text
-from .records import PlotSpec, load_results, metric_series, spec_of, steps_to, value_at
+from .records import LOGITS, PlotSpec, load_results, metric_series, spec_of, steps_to, value_at
 
-__all__ = ["PLOTTERS", "Table", "failures", "mean_ci", "summarize", "write_report"]
+__all__ = ["PLOTTERS", "Table", "ensemble_table", "failures", "mean_ci", "summarize", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -297,8 +298,47 @@ def plot_spectrum(groups: dict[str, list[dict[str, Any]]], plot: PlotSpec, step_
     return path
 
 
+def plot_severity(groups: dict[str, list[dict[str, Any]]], plot: PlotSpec, step_unit: str, path: Path) -> Path | None:
+    """``kind="severity"``: ``record["analysis"][key]`` = ``{measure: {condition: [value at severity
+    0, 1, ...]}}``; one row per measure, one panel per condition and a last one for their mean,
+    one line per method with a 95% band over seeds; only methods whose every run has it."""
+    import matplotlib.pyplot as plt
+
+    with_key = {k: v for k, v in groups.items() if all(plot.key in r.get("analysis", {}) for r in v)}
+    if not with_key:
+        return None
+    first = next(iter(with_key.values()))[0]["analysis"][plot.key]
+    measures = list(first)
+    conditions = sorted({c for m in measures for c in first[m]})
+    panels = [*conditions, "mean"]
+    fig, axes = plt.subplots(
+        len(measures), len(panels), figsize=(3.2 * len(panels), 2.8 * len(measures)), layout="constrained",
+        squeeze=False, sharey="row",
+    )  # fmt: skip
+    for row, measure in zip(axes, measures, strict=True):
+        for ax, panel in zip(row, panels, strict=True):
+            for label, runs in with_key.items():
+                per = [r["analysis"][plot.key].get(measure, {}) for r in runs]
+                if panel == "mean":
+                    ys = np.stack([np.mean([p[c] for c in conditions], 0) for p in per])
+                elif all(panel in p for p in per):
+                    ys = _stack(per, lambda q, c=panel: q[c])
+                else:
+                    continue
+                _band(ax, np.arange(ys.shape[1]), ys, label, log=plot.log)
+            ax.set(xlabel="severity", title=plot.title.replace("{}", f"{measure} · {panel}"))
+            ax.grid(alpha=0.3)
+        row[0].set_ylabel(plot.ylabel.replace("{}", measure) or measure)
+    axes[0][-1].legend(fontsize=7)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 PlotFn = Callable[[dict[str, list[dict[str, Any]]], PlotSpec, str, Path], Path | None]
-PLOTTERS: dict[str, PlotFn] = {"curves": plot_curves, "layer_curves": plot_layer_curves, "spectrum": plot_spectrum}
+PLOTTERS: dict[str, PlotFn] = {
+    "curves": plot_curves, "layer_curves": plot_layer_curves, "spectrum": plot_spectrum, "severity": plot_severity,
+}  # fmt: skip
 """The generic plot function of each :data:`initium.records.PLOT_KINDS` kind: ``(groups, plot,
 step unit, path) -> path``, or ``None`` when no run has what the plot reads."""
 
@@ -340,12 +380,116 @@ def plot_reconstructions(groups: dict[str, list[dict[str, Any]]], out: Path, pat
     return path
 
 
+ENSEMBLE_METRICS = ("acc", "nll", "ece", "brier", "disagreement")
+
+
+def _logit_sets(out: Path, runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The stored logits (:data:`initium.records.LOGITS`) of the runs that have a readable file with
+    the same labels as the first, and the names of the test sets every one of them holds."""
+    import torch
+    from safetensors.torch import load_file as load_tensors
+
+    found, labels = [], None
+    for r in runs:
+        try:
+            data = load_tensors(out / r[LOGITS])
+        except (OSError, ValueError, RuntimeError) as exc:  # a missing or damaged file: that run sits out
+            log.warning("not using %s in ensembles: %s", r[LOGITS], exc)
+            continue
+        if labels is None:
+            labels = data.get("labels")
+        if labels is None or not torch.equal(data.get("labels", torch.empty(0)), labels):
+            log.warning("not using %s in ensembles: its labels differ from the other runs' (another split?)", r[LOGITS])
+            continue
+        found.append(data)
+    names = sorted(set.intersection(*(set(d) - {"labels"} for d in found))) if found else []
+    return found, names
+
+
+def _severity(name: str) -> int:
+    """``clean`` -> 0, ``<condition>@<severity>`` -> severity."""
+    return int(name.rsplit("@", 1)[1]) if "@" in name else 0
+
+
+def ensemble_results(
+    groups: dict[str, list[dict[str, Any]]], out: Path, *, k: int = 5, draws: int = 10, seed: int = 0
+) -> dict[str, dict[str, Any]]:
+    """Ensembles of each method's seeds from their stored logits: members drawn without replacement
+    (:func:`initium.ensembles.draw_members`: size ``min(k, seeds)``, ``draws`` seeded draws), scored
+    on every test set (:func:`initium.ensembles.metrics`). Per method: ``{"k", "draws", "by_severity":
+    {severity: {metric: [value per draw]}}}``, where a severity's value is the mean over the
+    conditions (corruptions) at that severity, severity 0 the clean set. Methods without logits are
+    left out."""
+    import torch
+
+    results: dict[str, dict[str, Any]] = {}
+    for label, runs in groups.items():
+        with_logits = [r for r in runs if isinstance(r.get(LOGITS), str)]
+        data, names = _logit_sets(out, with_logits)
+        if not data or not names:
+            continue
+        y = data[0]["labels"].long()
+        members = ensembles.draw_members(len(data), k, draws, seed)
+        by_sev: dict[int, dict[str, list[float]]] = {}
+        for draw in members:
+            per_sev: dict[int, list[dict[str, float]]] = defaultdict(list)
+            for name in names:
+                stack = torch.stack([data[m][name] for m in draw])
+                per_sev[_severity(name)].append(ensembles.metrics(stack, y))
+            for sev, scores in per_sev.items():
+                slot = by_sev.setdefault(sev, {m: [] for m in ENSEMBLE_METRICS})
+                for m in ENSEMBLE_METRICS:
+                    slot[m].append(float(np.mean([sc[m] for sc in scores])))
+        conditions = len({n.rsplit("@", 1)[0] for n in names if "@" in n})
+        results[label] = {"k": len(members[0]), "draws": len(members), "seeds": len(data),
+                          "conditions": conditions, "by_severity": dict(sorted(by_sev.items()))}  # fmt: skip
+    return results
+
+
+def ensemble_table(results: dict[str, dict[str, Any]]) -> Table:
+    """One row per method and test set (clean; each severity, mean over the corruptions): the
+    ensembles' metrics as mean ± 95% interval over draws."""
+    rows = []
+    for label, res in results.items():
+        for sev, scores in res["by_severity"].items():
+            where = "clean" if sev == 0 else f"severity {sev} (mean of {res['conditions']})"
+            row = [label, f"{res['k']} of {res['seeds']}", str(res["draws"]), where]
+            rows.append(row + [_fmt(scores[m], ".3f", len(scores[m])) for m in ENSEMBLE_METRICS])
+    return Table(
+        "ensembles (mean softmax of k seeds' stored test logits) · mean ± 95% CI over draws",
+        ["method", "k", "draws", "test set", *ENSEMBLE_METRICS], rows,
+    )  # fmt: skip
+
+
+def plot_ensemble_severity(results: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Ensemble accuracy and ECE against corruption severity (mean over corruptions), one line per
+    method with a 95% band over draws."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
+    for ax, metric in zip(axes, ("acc", "ece"), strict=True):
+        for label, res in results.items():
+            sevs = list(res["by_severity"])
+            ys = np.stack([res["by_severity"][s][metric] for s in sevs], 1)  # (draws, severities)
+            _band(ax, np.asarray(sevs), ys, f"{label} (k={res['k']})")
+        ax.set(xlabel="corruption severity (0: clean)", ylabel=f"ensemble {metric}", title=f"ensemble {metric}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 _CSS = "body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
 _CSS += "img{max-width:100%}"
 
 
-def write_report(out: str | Path) -> dict[str, Path]:
-    """Write ``summary.md``, ``plots/*.png`` and ``report.html`` for the results in ``out``."""
+def write_report(out: str | Path, *, ensemble_size: int = 5, ensemble_draws: int = 10) -> dict[str, Path]:
+    """Write ``summary.md``, ``plots/*.png`` and ``report.html`` for the results in ``out``; where
+    the records keep test logits, also the ensembles' table (:func:`ensemble_results`, members of
+    ``ensemble_size``, ``ensemble_draws`` draws) and their severity plot."""
+    if ensemble_size < 1 or ensemble_draws < 1:
+        raise ValueError(f"ensemble size and draws must be >= 1, got {ensemble_size} and {ensemble_draws}")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -371,13 +515,25 @@ def write_report(out: str | Path) -> dict[str, Path]:
                 files[plot.name] = made
         if (made := plot_reconstructions(groups, out, out / "plots" / "reconstructions.png")) is not None:
             files["reconstructions"] = made
+    tables = [table]
+    if groups and (ens := ensemble_results(groups, out, k=ensemble_size, draws=ensemble_draws)):
+        tables.append(ensemble_table(ens))
+        if any(len(res["by_severity"]) > 1 for res in ens.values()):
+            name = "ensemble_severity" if "ensemble_severity" not in files else "ensembles_vs_severity"
+            files[name] = plot_ensemble_severity(ens, out / "plots" / f"{name}.png")
     env = records[-1].get("env", {})
     env_line = ", ".join(f"{k} {v}" for k, v in env.items())
     images = "\n".join(f"![{k}](plots/{p.name})" for k, p in files.items())
-    md = f"# {table.title}\n\n{table.markdown()}\n\n{images}\n\nEnvironment: {env_line}\n"
+    md = f"# {table.title}\n\n{table.markdown()}\n\n"
+    md += "".join(f"## {t.title}\n\n{t.markdown()}\n\n" for t in tables[1:])
+    md += f"{images}\n\nEnvironment: {env_line}\n"
     files["summary"] = atomic_write_text(out / "summary.md", md)
-    cells = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows)
+    html_tables = ""
+    for t in tables:
+        cells = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+        head = "" if t is table else f"<h2>{html.escape(t.title)}</h2>"
+        html_tables += f"{head}<table><tr>{cells}</tr>{body}</table>"
     figs = "".join(
         f'<figure><img src="plots/{p.name}"><figcaption>{k}</figcaption></figure>'
         for k, p in files.items()
@@ -385,7 +541,7 @@ def write_report(out: str | Path) -> dict[str, Path]:
     )
     page = (
         f"<!doctype html><meta charset=utf-8><title>initium report</title><style>{_CSS}</style>"
-        f"<h1>{html.escape(table.title)}</h1><table><tr>{cells}</tr>{body}</table>"
+        f"<h1>{html.escape(table.title)}</h1>{html_tables}"
         f"{figs}<p>{html.escape(env_line)}</p>"
     )
     files["html"] = atomic_write_text(out / "report.html", page)

@@ -363,6 +363,7 @@ class _Run:
     history: torch.Tensor | None = None
     curve: dict[str, list[Any]] = field(default_factory=lambda: {"step": []})
     snaps: dict[str, torch.Tensor] = field(default_factory=dict)
+    stored: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # Task.stored's files
 
 
 def _label(r: _Run) -> str:
@@ -459,7 +460,9 @@ def _on_eval(plan: _Plan, r: _Run) -> Callable[[int, torch.Tensor], None]:
 
 
 def _analyse(task: Task, r: _Run) -> dict[str, Any]:
-    """The task's analysis of the trained model, and the learning rule's on the task's probe."""
+    """The task's analysis of the trained model, and the learning rule's on the task's probe; the
+    tensors the task keeps (:meth:`Task.stored`) are taken now, from the trained model."""
+    r.stored = task.stored(r.model)
     out = task.analyse(r.model)
     if task.probe is not None:
         out |= r.rule.analyse(r.model, *task.probe)
@@ -468,7 +471,7 @@ def _analyse(task: Task, r: _Run) -> dict[str, Any]:
 
 def _train(plan: _Plan, r: _Run) -> None:
     """Train one run on its own."""
-    r.curve, r.snaps = {"step": []}, {}
+    r.curve, r.snaps, r.stored = {"step": []}, {}, {}
     with progress_hook(_reporter(plan, _label(r))):
         sync(plan.device)
         t0 = time.perf_counter()
@@ -546,6 +549,12 @@ def _finish(plan: _Plan, r: _Run) -> dict[str, Any]:
     if r.snaps:
         rec["snapshots"] = f"snapshots/{_slug(rec)}.safetensors"
         atomic_write_bytes(plan.out / rec["snapshots"], tensors_to_bytes(r.snaps))
+    if r.status == "ok":  # what the task keeps of the trained model, one file per field
+        if clash := sorted(r.stored.keys() & rec.keys()):
+            raise ValueError(f"task {task.name!r}: stored() names fields the record already has: {clash}")
+        for name, tensors in r.stored.items():
+            rec[name] = f"{name}/{_slug(rec)}.safetensors"
+            atomic_write_bytes(plan.out / rec[name], tensors_to_bytes(tensors))
     if plan.cfg.save_weights and r.status == "ok":  # a diverged run's weights are no one's starting point
         rec["weights"] = f"weights/{_slug(rec)}.safetensors"
         # clones: safetensors refuses tensors that share memory (tied weights)

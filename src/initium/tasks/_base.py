@@ -165,6 +165,12 @@ class Task:
         """JSON-ready analysis of the trained model (e.g. NTK eigenvalues), stored in the record."""
         return {}
 
+    def stored(self, model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+        """Tensors of the trained model to keep beside its record: ``{field: {name: tensor}}``; the
+        runner writes each group as ``OUT/<field>/<run>.safetensors`` and puts that path in the
+        record's ``field`` (e.g. :data:`initium.records.LOGITS`). Default: nothing."""
+        return {}
+
     def summarize_run(self, curve: dict[str, list[Any]]) -> dict[str, Any]:
         """JSON-ready fields merged into a run's record, read off its evaluation curve
         (``{"step": [...], name: [...]}``, ``None`` where not finite): e.g. the peak of a metric

@@ -5,8 +5,15 @@ Built for the feedback-alignment experiments of Cheon, Lee & Paik (NeurIPS 2024,
 2405.16731): the learning rule comes from the run (``initium run classify --rule bp,fa,fa``) and measures
 itself on the task's ``probe`` batch every epoch (the FA alignment angles), and the analysis of the trained
 model holds its accuracy on out-of-distribution test sets (translated, scaled, rotated,
-noise-corrupted inputs) and how fast it adapts to a new task (a label permutation; digits 5-9
-after training on 0-4).
+noise-corrupted inputs), its accuracy and calibration on CIFAR-10-C style corruptions at five
+severities (:mod:`initium.tasks.corruptions`), and how fast it adapts to a new task (a label
+permutation; digits 5-9 after training on 0-4). Each run's test logits, clean and corrupted, are
+kept beside its record (``record["logits"]``), so that the report can form ensembles of seeds
+without retraining.
+
+``--dataset PATH`` trains on a user's data instead (:func:`initium.tasks.data.load_dataset`: a
+folder of class subfolders of images, or an ``.npz`` with ``x`` and ``y``), split, standardised
+and corrupted like the bundled sets.
 """
 
 from __future__ import annotations
@@ -23,15 +30,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import train
+from ..ensembles import ece
 from ..nn import ARCHS
-from ..records import MetricSpec
+from ..records import LOGITS, MetricSpec, PlotSpec
 from ._base import TASKS, Task
-from .data import load_digits, make_mnist1d
+from .corruptions import SEVERITIES, corrupted_sets
+from .data import load_dataset, load_digits, make_mnist1d
 
-__all__ = ["Classify", "ClassifyConfig", "ood_sets"]
+__all__ = ["BUNDLED", "Classify", "ClassifyConfig", "ood_sets"]
 
 NUM_CLASSES = 10
 _LOADERS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray]]] = {"digits": load_digits, "mnist1d": make_mnist1d}
+BUNDLED: tuple[str, ...] = tuple(_LOADERS)
 # Out-of-distribution shifts per dataset, in raw input units: shift in pixels (samples for 1-D),
 # zoom factors, rotation in degrees (images only), noise standard deviation.
 _OOD: dict[str, dict[str, Any]] = {
@@ -42,7 +52,9 @@ _OOD: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class ClassifyConfig:
-    """``dataset``: ``digits`` (1797 8x8 scans) or ``mnist1d`` (5000 generated 40-sample signals),
+    """``dataset``: ``digits`` (1797 8x8 scans), ``mnist1d`` (5000 generated 40-sample signals) or
+    the path of a user's dataset (a folder of class subfolders of images, or an ``.npz`` with ``x``
+    and ``y``; :func:`initium.tasks.data.load_dataset`; ``input_size > 0`` resizes its images),
     split into train and test (``test_fraction``, stratified, ``split_seed``); ``val_fraction`` of
     the training part is then held out as a validation split (stratified, ``split_seed``; never
     taken from the test split, which stays the same for any ``val_fraction``), on which settings are
@@ -51,9 +63,12 @@ class ClassifyConfig:
     part trained on. ``classes="0-4"`` trains on digits 0-4 only (the output
     still has 10 units); ``adapt_epochs > 0`` then measures how fast the trained model learns 5-9,
     and in any case how fast it learns a permutation of the labels. ``track`` records the FA
-    alignment measures every epoch."""
+    alignment measures every epoch. ``corrupt`` measures the trained model on the corrupted test
+    sets and keeps its test logits (clean and corrupted) beside the record."""
 
-    dataset: Literal["digits", "mnist1d"] = "digits"
+    # a str, not a Literal: a path is a dataset too (the bundled names are checked in __init__)
+    dataset: str = "digits"
+    input_size: int = 0
     epochs: int = 20
     batch_size: int = 32
     momentum: float = 0.9
@@ -64,6 +79,7 @@ class ClassifyConfig:
     adapt_epochs: int = 0
     ood: bool = True
     track: bool = True
+    corrupt: bool = True
 
 
 def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -75,12 +91,22 @@ def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return out if x.ndim == 4 else out[:, :, 0]
 
 
-def ood_sets(x: torch.Tensor, dataset: str, seed: int = 0) -> dict[str, torch.Tensor]:
+def _ood_params(x: np.ndarray) -> dict[str, Any]:
+    """:func:`ood_sets`' shifts for a user's data ``x`` (the training inputs): digits' in proportion
+    (an eighth of the size, a quarter of the value range), rotation for images only."""
+    size = x.shape[-1]
+    return {"shift": max(1, round(size / 8)), "zoom": (0.8, 1.2), "rotate": 20.0 if x.ndim == 4 else None,
+            "noise": 0.25 * float(x.max() - x.min())}  # fmt: skip
+
+
+def ood_sets(
+    x: torch.Tensor, dataset: str, seed: int = 0, *, params: dict[str, Any] | None = None
+) -> dict[str, torch.Tensor]:
     """Out-of-distribution versions of the raw test inputs ``x``: ``translated`` (by ``shift``
     pixels along one axis, random axis and sign), ``scaled`` (zoom in or out), ``rotated`` (images only)
-    and ``noise`` (additive Gaussian); the shifts per dataset are in ``_OOD``. Deterministic in
-    ``seed``."""
-    p, n = _OOD[dataset], len(x)
+    and ``noise`` (additive Gaussian); the shifts per dataset are in ``_OOD`` (``params`` overrides
+    them, for a user's dataset). Deterministic in ``seed``."""
+    p, n = params or _OOD[dataset], len(x)
     gen = torch.Generator().manual_seed(seed)
     sign = lambda: torch.randint(0, 2, (n,), generator=gen).float() * 2 - 1  # noqa: E731
     size = x.shape[2:]
@@ -138,7 +164,8 @@ class Classify(Task):
     name = "classify"
     metric = MetricSpec(
         "test_acc", format=".3f", thresholds=(0.9,), checkpoints=(1, 5), step_unit="epoch",
-        # the feedback-alignment curves per layer (absent, so not drawn, for backprop runs)
+        # accuracy and calibration against corruption severity (analysis["corruptions"])
+        plots=(PlotSpec("severity", "corruptions", title="{} vs severity", ylabel="{}"),),
     )  # fmt: skip
     default_arch = "classifier-mlp"
 
@@ -146,7 +173,7 @@ class Classify(Task):
         c = config
         # epochs: the loss history (4 bytes an epoch) must fit; split_seed: numpy's seeds are 32-bit
         for name, least, most in (("epochs", 1, 10**6), ("batch_size", 1, None), ("adapt_epochs", 0, 10**6),
-                                  ("split_seed", 0, 2**32 - 1)):  # fmt: skip
+                                  ("split_seed", 0, 2**32 - 1), ("input_size", 0, 4096)):  # fmt: skip
             value = getattr(c, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least or (most and value > most):
                 bound = f"an int >= {least}" if most is None else f"an int from {least} to {most}"
@@ -156,6 +183,20 @@ class Classify(Task):
             number = isinstance(value, int | float) and not isinstance(value, bool)
             if not number or not (0 < value < 1 or (value == 0 and interval[0] == "[")):
                 raise ValueError(f"classify option {name} must be in {interval}, got {value!r}")
+        if not isinstance(c.dataset, str) or not c.dataset:
+            raise ValueError(f"classify option dataset must be {' or '.join(BUNDLED)} or a path, got {c.dataset!r}")
+        if c.dataset not in BUNDLED:
+            from pathlib import Path
+
+            if not Path(c.dataset).expanduser().exists():
+                raise ValueError(
+                    f"--dataset {c.dataset!r} is neither a bundled dataset ({', '.join(BUNDLED)}) nor an existing"
+                    " folder of class subfolders of images or .npz file"
+                )
+            if c.classes != "all":
+                raise ValueError(f"--classes {c.classes} splits the bundled digits; --dataset {c.dataset!r} takes all")
+        elif c.input_size:
+            raise ValueError(f"--input-size resizes a user's images; the bundled {c.dataset!r} keeps its size")
         if not 0 <= c.momentum < 1:
             raise ValueError(f"classify option momentum must be in [0, 1), got {c.momentum!r}")
         self.config = config
@@ -165,7 +206,12 @@ class Classify(Task):
 
     def setup(self, device: torch.device) -> None:
         c = self.config
-        x, y = _LOADERS[c.dataset]()
+        if c.dataset in BUNDLED:
+            x, y = _LOADERS[c.dataset]()
+            self.num_classes = NUM_CLASSES
+        else:
+            x, y, names = load_dataset(c.dataset, c.input_size)
+            self.num_classes = len(names)
         # indices, not the arrays: the splits are the same as splitting x itself, and are kept
         # (``split_index``) to show that train, validation and test never share a sample
         itr, ite = _split(np.arange(len(y)), y, c.test_fraction, c.split_seed, "test_fraction")
@@ -188,9 +234,16 @@ class Classify(Task):
             self.second = (to(self.normalise(xtr[~first])), to(ytr[~first]),
                            to(self.normalise(xte[~first_te])), to(yte[~first_te]))  # fmt: skip
         self.ood: dict[str, torch.Tensor] = {}
+        raw = torch.from_numpy(np.ascontiguousarray(xte[first_te]))
         if c.ood:
-            raw = torch.from_numpy(np.ascontiguousarray(xte[first_te]))
-            self.ood = {k: self.normalise(v).to(device) for k, v in ood_sets(raw, c.dataset).items()}
+            params = _OOD.get(c.dataset) or _ood_params(xtr[first])
+            self.ood = {k: self.normalise(v).to(device) for k, v in ood_sets(raw, c.dataset, params=params).items()}
+        # CIFAR-10-C style sets, in the training inputs' range; split_seed fixes their noise
+        self.corrupted: dict[str, dict[int, torch.Tensor]] = {}
+        if c.corrupt:
+            lo, hi = float(xtr[first].min()), float(xtr[first].max())
+            sets = corrupted_sets(raw, seed=c.split_seed, lo=lo, hi=hi)
+            self.corrupted = {k: {s: self.normalise(v).to(device) for s, v in d.items()} for k, d in sets.items()}
         # a fixed batch on which the run's learning rule measures itself every epoch (FA: the
         # update-vs-backprop angle)
         self.probe = (self.inputs[:256], self.target[:256]) if c.track else None
@@ -202,7 +255,7 @@ class Classify(Task):
 
     def build_model(self, arch: str, arch_kwargs: dict[str, Any]) -> nn.Module:
         return ARCHS.build(
-            arch, arch_kwargs, fixed={"in_shape": tuple(self.inputs.shape[1:]), "out_features": NUM_CLASSES}
+            arch, arch_kwargs, fixed={"in_shape": tuple(self.inputs.shape[1:]), "out_features": self.num_classes}
         )
 
     def parse_arch(self, spec: str) -> tuple[str, dict[str, Any]]:
@@ -215,8 +268,10 @@ class Classify(Task):
     def check_model(self, model: nn.Module, arch: str) -> None:
         with torch.no_grad():
             shape = tuple(model(self.inputs[:4]).shape)
-        if shape != (min(4, len(self.inputs)), NUM_CLASSES):
-            raise ValueError(f"--arch {arch!r} outputs shape {shape} for 4 inputs; classify needs (4, {NUM_CLASSES})")
+        if shape != (min(4, len(self.inputs)), self.num_classes):
+            raise ValueError(
+                f"--arch {arch!r} outputs shape {shape} for 4 inputs; classify needs (4, {self.num_classes})"
+            )
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(pred, target)
@@ -269,17 +324,35 @@ class Classify(Task):
     # --- metrics --------------------------------------------------------------------------------
 
     @staticmethod
-    def _acc_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         # eval mode: BatchNorm (resnet) uses its running statistics, not the test batch's, and a
         # measurement leaves them alone
         training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                out = model(x)
+                return model(x)
         finally:
             model.train(training)
+
+    @classmethod
+    def _acc_loss(cls, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        out = cls._logits(model, x)
         return float((out.argmax(-1) == y).float().mean()), float(F.cross_entropy(out, y))
+
+    def test_logits(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The trained model's test logits on the CPU: ``clean`` and ``<corruption>@<severity>``
+        for every corrupted set (:data:`initium.records.LOGITS` describes the file they go to)."""
+        out = {"clean": self._logits(model, self.test_x).float().cpu()}
+        for name, sets in self.corrupted.items():
+            out |= {f"{name}@{s}": self._logits(model, v).float().cpu() for s, v in sets.items()}
+        return out
+
+    def stored(self, model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+        """The test labels and logits (:meth:`test_logits`), kept as the record's ``logits`` file."""
+        if not self.corrupted:
+            return {}
+        return {LOGITS: {"labels": self.test_y.cpu()} | self.test_logits(model)}
 
     def evaluate(self, pred: torch.Tensor) -> dict[str, float]:
         return {
@@ -312,9 +385,18 @@ class Classify(Task):
         if self.ood:
             out["ood"] = {"clean": self._acc_loss(model, self.test_x, self.test_y)[0]}
             out["ood"] |= {k: self._acc_loss(model, v, self.test_y)[0] for k, v in self.ood.items()}
+        if self.corrupted:
+            # severity 0 is the clean set, so each list starts where the model stands undisturbed
+            logits, y = self.test_logits(model), self.test_y.cpu()
+            measures: dict[str, dict[str, list[float]]] = {"acc": {}, "ece": {}}
+            for name in self.corrupted:
+                z = [logits["clean"]] + [logits[f"{name}@{s}"] for s in range(1, SEVERITIES + 1)]
+                measures["acc"][name] = [float((v.argmax(-1) == y).float().mean()) for v in z]
+                measures["ece"][name] = [ece(v.double().softmax(-1), y) for v in z]
+            out["corruptions"] = measures
         if self.config.adapt_epochs:
             # a derangement of the labels: a random cycle through all ten classes
-            cycle = torch.randperm(NUM_CLASSES, generator=torch.Generator().manual_seed(0))
+            cycle = torch.randperm(self.num_classes, generator=torch.Generator().manual_seed(0))
             perm = torch.empty_like(cycle)
             perm[cycle] = cycle.roll(1)
             perm = perm.to(self.target.device)

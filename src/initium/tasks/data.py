@@ -9,7 +9,9 @@ import numpy as np
 
 from .._registry import UnknownNameError, closest
 
-__all__ = ["MIN_SIDE", "SAMPLE_IMAGES", "check_finite", "load_digits", "load_image", "make_mnist1d"]
+__all__ = [
+    "MIN_SIDE", "SAMPLE_IMAGES", "check_finite", "load_dataset", "load_digits", "load_image", "make_mnist1d",
+]  # fmt: skip
 
 # scikit-image samples that ship inside the wheel (the others need a download, which we never do).
 SAMPLE_IMAGES: tuple[str, ...] = (
@@ -122,3 +124,110 @@ def make_mnist1d(seed: int = 42, num_samples: int = 5000) -> tuple[np.ndarray, n
     x = np.concatenate([data["x"], data["x_test"]]).astype(np.float32)[:, None]
     y = np.concatenate([data["y"], data["y_test"]]).astype(np.int64)
     return x, y
+
+
+_NPZ_FIX = "save it with np.savez(path, x=inputs, y=labels)"
+
+
+def _resize(x: np.ndarray, size: int) -> np.ndarray:
+    """``(N, C, H, W)`` images resized to ``size`` x ``size`` (anti-aliased, as scikit-image does)."""
+    from skimage.transform import resize
+
+    return np.stack([resize(im, (im.shape[0], size, size), anti_aliasing=True) for im in x]).astype(np.float32)
+
+
+def _read_folder(root: Path, input_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise ValueError(
+            f"--dataset {str(root)!r} has {len(classes)} class folder(s); a classification dataset needs at"
+            " least 2: put each class's images in a subfolder of its own (DIR/cat/1.png, DIR/dog/2.png)"
+        )
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise ValueError(f"--dataset {str(root)!r}: class folder {name!r} holds no images; add some or remove it")
+        for f in files:
+            images.append(load_image(str(f)))  # a file that is no image fails here, naming it
+            labels.append(label)
+    channels = max(im.shape[-1] for im in images)  # colour if any image has colour; grey ones repeated
+    images = [np.repeat(im, channels, -1) if im.shape[-1] < channels else im for im in images]
+    if input_size:
+        from skimage.transform import resize
+
+        images = [resize(im, (input_size, input_size), anti_aliasing=True) for im in images]
+    shapes = sorted({im.shape[:2] for im in images})
+    if len(shapes) > 1:
+        raise ValueError(
+            f"--dataset {str(root)!r} holds images of {len(shapes)} sizes ({shapes[0]}, {shapes[-1]}, ...);"
+            " give --input-size N to resize them all to N x N"
+        )
+    x = np.stack([im.transpose(2, 0, 1) for im in images]).astype(np.float32)
+    return x, np.asarray(labels, dtype=np.int64), classes
+
+
+def _read_npz(path: Path, input_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:  # never unpickle a stranger's object arrays
+            missing = [k for k in ("x", "y") if k not in data.files]
+            if missing:
+                raise ValueError(
+                    f"--dataset {str(path)!r} has no array {' or '.join(map(repr, missing))} (it has"
+                    f" {', '.join(data.files) or 'none'}); {_NPZ_FIX}"
+                )
+            x, y = np.asarray(data["x"]), np.asarray(data["y"])
+    except ValueError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValueError(
+            f"--dataset {str(path)!r} is not a readable .npz of numeric arrays ({exc}); {_NPZ_FIX}"
+        ) from exc
+    except OSError as exc:
+        raise ValueError(f"--dataset {str(path)!r} is not a readable .npz file ({exc}); {_NPZ_FIX}") from exc
+    if x.ndim not in (2, 3, 4) or not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise ValueError(
+            f"--dataset {str(path)!r}: x must be real numbers shaped (N, C, H, W), (N, H, W) or (N, L),"
+            f" got {x.dtype} {x.shape}"
+        )
+    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or y.dtype == bool):
+        raise ValueError(f"--dataset {str(path)!r}: y must be (N,) integer labels, got {y.dtype} {y.shape}")
+    if len(x) != len(y):
+        raise ValueError(f"--dataset {str(path)!r}: x has {len(x)} samples but y has {len(y)}; they must match")
+    x = x.astype(np.float32)
+    check_finite(x, f"--dataset {str(path)!r} x")
+    # (N, H, W) images and (N, L) signals get their one channel
+    x = x[:, None] if x.ndim in (2, 3) else x
+    if input_size:
+        if x.ndim != 4:
+            raise ValueError(f"--input-size resizes images; --dataset {str(path)!r} holds signals {x.shape}")
+        x = _resize(x, input_size)
+    values, y = np.unique(y, return_inverse=True)  # labels 0..K-1 in the order of the given ones
+    if len(values) < 2:
+        raise ValueError(f"--dataset {str(path)!r}: y has {len(values)} class; a classification dataset needs >= 2")
+    return x, y.astype(np.int64), [str(v) for v in values]
+
+
+def load_dataset(source: str, input_size: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A user's classification data: ``(x, y, class names)`` with ``x`` float32 ``(N, C, H, W)``
+    images or ``(N, 1, L)`` signals, ``y`` int64 labels ``0..K-1`` (K >= 2).
+
+    ``source`` is a folder of class subfolders of images (the ImageFolder layout: ``DIR/<class>/<image>``;
+    class names sorted; images read by :func:`load_image` into ``[0, 1]``, grey kept unless any image
+    has colour) or an ``.npz`` file with arrays ``x`` ((N, C, H, W), (N, H, W) or (N, L)) and ``y``
+    ((N,) integers, mapped to 0..K-1 in sorted order). ``input_size > 0`` resizes images to
+    ``input_size`` x ``input_size``. Bad layouts are ``ValueError``s naming the path and the fix.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _read_folder(path, input_size)
+    if path.is_file():
+        if path.suffix.lower() != ".npz":
+            raise ValueError(
+                f"--dataset {str(path)!r} is a {path.suffix or 'suffix-less'} file; give a folder of class"
+                " subfolders of images, or an .npz with arrays x and y"
+            )
+        return _read_npz(path, input_size)
+    raise ValueError(
+        f"--dataset {source!r} is neither a bundled dataset (digits, mnist1d) nor an existing folder or .npz file"
+    )
