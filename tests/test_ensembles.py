@@ -75,3 +75,176 @@ def test_corrupt_refuses_bad_arguments(raw):
         corrupt(raw, "fog", 1)
     with pytest.raises(ValueError, match="from 0 to 5"):
         corrupt(raw, "contrast", 6)
+
+
+# --- classify: corrupted sets, stored logits, ensembles in the report ------------------------------
+
+SMALL = "classifier-mlp(hidden=(32,))"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    from initium.runner import RunConfig, run
+
+    out = tmp_path_factory.mktemp("sweep")
+    cfg = RunConfig(task="classify", out=out, arch=SMALL, methods=("default",), seeds=(0, 1, 2),
+                    task_options={"epochs": 2, "ood": False, "track": False})  # fmt: skip
+    return out, run(cfg)
+
+
+def test_trained_net_loses_accuracy_as_severity_rises(sweep):
+    _, records = sweep
+    acc = records[0]["analysis"]["corruptions"]["acc"]
+    assert set(acc) == set(CORRUPTIONS) and all(len(v) == SEVERITIES + 1 for v in acc.values())
+    for name, values in acc.items():
+        assert values[-1] < values[0] - 0.05, (name, values)
+    mean = [sum(v[s] for v in acc.values()) / len(acc) for s in range(SEVERITIES + 1)]
+    assert all(b < a for a, b in itertools.pairwise(mean)), mean
+    ece = records[0]["analysis"]["corruptions"]["ece"]
+    assert all(0 <= e <= 1 for v in ece.values() for e in v)
+
+
+def test_logits_are_kept_beside_the_record(sweep):
+    from safetensors.torch import load_file
+
+    out, records = sweep
+    data = load_file(out / records[0]["logits"])
+    n = len(data["labels"])
+    assert records[0]["logits"].startswith("logits/") and data["clean"].shape == (n, 10)
+    assert {f"{c}@{s}" for c in CORRUPTIONS for s in range(1, SEVERITIES + 1)} <= set(data)
+    # the stored clean logits give the record's final test accuracy
+    acc = float((data["clean"].argmax(1) == data["labels"]).float().mean())
+    assert acc == pytest.approx(records[0]["curve"]["test_acc"][-1], abs=1e-6)
+
+
+def test_report_shows_the_ensemble_table_and_severity_plot(sweep):
+    from initium.report import write_report
+
+    out, _ = sweep
+    files = write_report(out)
+    assert files["ensemble_severity"].exists() and files["corruptions"].exists()
+    md = (out / "summary.md").read_text()
+    assert "## ensembles" in md and "| default | 3 of 3 | 1 | clean |" in md and "severity 5 (mean of 5)" in md
+    assert "disagreement" in (out / "report.html").read_text()
+    files = write_report(out, ensemble_size=2)  # every pair of the 3 seeds: 3 draws, with intervals
+    assert "| default | 2 of 3 | 3 | clean |" in (out / "summary.md").read_text()
+
+
+# --- --dataset PATH ----------------------------------------------------------------------------------
+
+
+def _image_folder(root, *, rgb=False, sizes=(8,)):
+    import imageio.v3 as iio
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("left", "right")):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            side = sizes[i % len(sizes)]
+            img = rng.integers(0, 60, (side, side, 3) if rgb else (side, side)).astype(np.uint8)
+            half = slice(0, side // 2) if label == 0 else slice(side // 2, side)
+            img[:, half] = 230
+            iio.imwrite(root / name / f"{i}.png", img)
+    return root
+
+
+def test_an_image_folder_trains_through_the_cli(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from initium.cli import main
+    from initium.records import load_results
+
+    path = _image_folder(tmp_path / "data")
+    argv = ["run", "classify", "--dataset", str(path), "--arch", SMALL, "--epochs", "3", "--seeds", "1",
+            "--methods", "default", "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    (rec,) = load_results(tmp_path / "o")
+    assert rec["status"] == "ok" and rec["task_config"]["dataset"] == str(path)
+    data = load_file(tmp_path / "o" / rec["logits"])
+    assert data["clean"].shape == (6, 2)  # 30% of 20 images, 2 classes
+
+
+def test_colour_folder_of_mixed_sizes_is_resized_by_input_size(tmp_path):
+    from initium.tasks import TASKS
+
+    path = _image_folder(tmp_path / "data", rgb=True, sizes=(8, 12))
+    with pytest.raises(ValueError, match="--input-size N"):
+        TASKS.build("classify", {"dataset": str(path)}).setup(torch.device("cpu"))
+    task = TASKS.build("classify", {"dataset": str(path), "input_size": 6})
+    task.setup(torch.device("cpu"))
+    assert task.inputs.shape[1:] == (3, 6, 6) and task.num_classes == 2
+
+
+@pytest.mark.parametrize("shape", [(30, 6, 6), (30, 1, 6, 6), (30, 12)])
+def test_npz_round_trip(tmp_path, shape):
+    import numpy as np
+
+    from initium.tasks import TASKS
+    from initium.tasks.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=shape).astype(np.float32), np.repeat([3, 7, 9], 10)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    xs, ys, names = load_dataset(str(tmp_path / "d.npz"))
+    assert names == ["3", "7", "9"] and ys.tolist() == np.repeat([0, 1, 2], 10).tolist()
+    assert np.array_equal(xs.reshape(shape), x) and xs.ndim == len(shape) + (len(shape) != 4)
+    task = TASKS.build("classify", {"dataset": str(tmp_path / "d.npz"), "val_fraction": 0.0, "test_fraction": 0.3})
+    task.setup(torch.device("cpu"))
+    assert task.num_classes == 3 and len(task.test_y) == 9 and set(task.corrupted) == set(CORRUPTIONS)
+
+
+def _bad(tmp_path, kind):
+    import numpy as np
+
+    if kind == "one class":
+        (tmp_path / "d" / "only").mkdir(parents=True)
+        return tmp_path / "d"
+    if kind == "unreadable":
+        path = _image_folder(tmp_path / "d")
+        (path / "left" / "broken.png").write_text("not an image")
+        return path
+    if kind == "empty class":
+        path = _image_folder(tmp_path / "d")
+        (path / "empty").mkdir()
+        return path
+    path = tmp_path / "d.npz"
+    arrays = {"mismatched": {"x": np.zeros((5, 4)), "y": np.arange(4)},
+              "missing key": {"inputs": np.zeros((4, 4)), "y": np.arange(4)},
+              "one label": {"x": np.zeros((4, 4)), "y": np.zeros(4, int)},
+              "float labels": {"x": np.zeros((4, 4)), "y": np.zeros(4)},
+              "nan": {"x": np.full((4, 4), np.nan), "y": np.arange(4)}}[kind]  # fmt: skip
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("one class", "has 1 class folder(s); a classification dataset needs at least 2"),
+        ("unreadable", "broken.png' is not a readable image"),
+        ("empty class", "class folder 'empty' holds no images"),
+        ("mismatched", "x has 5 samples but y has 4"),
+        ("missing key", "has no array 'x' (it has inputs, y); save it with np.savez"),
+        ("one label", "y has 1 class"),
+        ("float labels", "y must be (N,) integer labels"),
+        ("nan", "contains 16 NaN or infinite values"),
+    ],
+)
+def test_bad_dataset_layouts_are_clear_errors(tmp_path, capsys, kind, message):
+    from initium.cli import main
+
+    path = _bad(tmp_path, kind)
+    argv = ["run", "classify", "--dataset", str(path), "--epochs", "1", "--seeds", "1", "--methods", "default",
+            "--out", str(tmp_path / "o")]  # fmt: skip
+    assert main(argv) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert message in err and str(path) in err
+
+
+def test_unknown_dataset_names_the_bundled_ones(tmp_path, capsys):
+    from initium.cli import main
+
+    argv = ["run", "classify", "--dataset", "cifar", "--epochs", "1", "--seeds", "1", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert "neither a bundled dataset (digits, mnist1d)" in " ".join(capsys.readouterr().err.split())

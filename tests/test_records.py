@@ -41,7 +41,10 @@ def test_every_task_declares_a_spec_that_round_trips(name):
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: PlotSpec("histogram", "x"), "kind must be one of curves, layer_curves, spectrum, severity; got 'histogram'"),
+        (
+            lambda: PlotSpec("histogram", "x"),
+            "kind must be one of curves, layer_curves, spectrum, severity; got 'histogram'",
+        ),
         (lambda: PlotSpec("curves", ""), "key must be a non-empty record key"),
         (lambda: MetricSpec("psnr", step_unit="batch"), "step_unit must be one of step, epoch; got 'batch'"),
         (lambda: MetricSpec("psnr", format="%d"), "format must be a float format"),
@@ -65,7 +68,8 @@ def test_for_record_takes_the_run_thresholds_and_appends_plots():
 def test_report_module_knows_no_task_and_no_curve_by_name():
     tree = ast.parse(Path(initium.report.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
-    assert imported == {"_io", "records"}  # not tasks, not the runner (which imports them)
+    # not tasks, not the runner (which imports them); ensembles is pure functions on tensors
+    assert imported == {"_io", "ensembles", "records"}
     docstrings = {
         id(node.body[0].value)
         for node in ast.walk(tree)
@@ -78,7 +82,7 @@ def test_report_module_knows_no_task_and_no_curve_by_name():
     ]  # fmt: skip
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     assert "TASKS" not in names and "BANDS" not in names
-    for key in ("band_", "wb_angle", "update_angle", "ntk_eigenvalues", "peak_psnr", "psnr"):
+    for key in ("band_", "wb_angle", "update_angle", "ntk_eigenvalues", "peak_psnr", "psnr", "corruptions"):
         assert not any(key in s for s in code), key
 
 

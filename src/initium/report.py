@@ -24,8 +24,8 @@ import numpy as np
 from safetensors.numpy import load_file
 from scipy import stats
 
-from . import ensembles
 from ._io import atomic_write_text
+from .ensembles import draw_members, metrics
 from .records import LOGITS, PlotSpec, load_results, metric_series, spec_of, steps_to, value_at
 
 __all__ = ["PLOTTERS", "Table", "ensemble_table", "failures", "mean_ci", "summarize", "write_report"]
@@ -429,13 +429,13 @@ def ensemble_results(
         if not data or not names:
             continue
         y = data[0]["labels"].long()
-        members = ensembles.draw_members(len(data), k, draws, seed)
+        members = draw_members(len(data), k, draws, seed)
         by_sev: dict[int, dict[str, list[float]]] = {}
         for draw in members:
             per_sev: dict[int, list[dict[str, float]]] = defaultdict(list)
             for name in names:
                 stack = torch.stack([data[m][name] for m in draw])
-                per_sev[_severity(name)].append(ensembles.metrics(stack, y))
+                per_sev[_severity(name)].append(metrics(stack, y))
             for sev, scores in per_sev.items():
                 slot = by_sev.setdefault(sev, {m: [] for m in ENSEMBLE_METRICS})
                 for m in ENSEMBLE_METRICS:
