@@ -126,7 +126,9 @@ def test_report_shows_the_ensemble_table_and_severity_plot(sweep):
     md = (out / "summary.md").read_text()
     assert "## ensembles" in md and "| default | 3 of 3 | 1 | clean |" in md and "severity 5 (mean of 5)" in md
     assert "disagreement" in (out / "report.html").read_text()
-    files = write_report(out, ensemble_size=2)  # every pair of the 3 seeds: 3 draws, with intervals
+    from initium.cli import main
+
+    assert main(["report", str(out), "--ensemble-size", "2"]) == 0  # every pair of the 3 seeds: 3 draws
     assert "| default | 2 of 3 | 3 | clean |" in (out / "summary.md").read_text()
 
 

@@ -154,6 +154,10 @@ def build_parser(task: str | None = None, *, abbrev: bool = True) -> argparse.Ar
 
     rep = sub.add_parser("report", help="summary.md, plots/*.png and report.html from a results folder")
     rep.add_argument("dir", type=Path)
+    rep.add_argument(
+        "--ensemble-size", type=int, default=5, help="members per ensemble from stored logits (default 5, or all seeds)"
+    )
+    rep.add_argument("--ensemble-draws", type=int, default=10, help="seeded draws of ensemble members (default 10)")
 
     cache = sub.add_parser("cache", help="the init cache ($INITIUM_CACHE, default ~/.cache/initium)")
     cache.add_argument("action", choices=("ls", "clear"))
@@ -344,7 +348,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import summarize, write_report
     from .runner import load_results
 
-    files = write_report(args.dir)
+    files = write_report(args.dir, ensemble_size=args.ensemble_size, ensemble_draws=args.ensemble_draws)
     records = load_results(args.dir)
     print_table(summarize(records))
     print_failures(records)
