@@ -90,7 +90,8 @@ BUSY_TIMEOUT_S = 120.0
 TASK = "classify"  # the zoo's nets are classifiers; the task that trains them
 # what every zoo build turns off by default: per-epoch FA probes and the OOD analysis cost time
 # and say nothing about the weights (a user's task_options may turn them back on)
-_BUILD_DEFAULTS: dict[str, Any] = {"ood": False, "track": False}
+# zoo nets are weights to learn from: no OOD, alignment or corrupted-logit analysis (it would only cost time and disk)
+_BUILD_DEFAULTS: dict[str, Any] = {"ood": False, "track": False, "corrupt": False}
 _FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*\.safetensors")
 
 _SCHEMA = """
