@@ -88,9 +88,9 @@ VERSION = 1
 BUSY_TIMEOUT_S = 120.0
 """How long a catalog writer waits for another's transaction (SQLite's busy timeout)."""
 TASK = "classify"  # the zoo's nets are classifiers; the task that trains them
-# what every zoo build turns off by default: per-epoch FA probes and the OOD analysis cost time
-# and say nothing about the weights (a user's task_options may turn them back on)
-# zoo nets are weights to learn from: no OOD, alignment or corrupted-logit analysis (it would only cost time and disk)
+# what every zoo build turns off by default: per-epoch FA probes, the OOD analysis and the
+# corrupted-set logits cost time and disk and say nothing about the weights (a user's
+# task_options may turn them back on)
 _BUILD_DEFAULTS: dict[str, Any] = {"ood": False, "track": False, "corrupt": False}
 _FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*\.safetensors")
 
