@@ -42,6 +42,11 @@ wider layer sums more of them: its pre-activations grow by ``sqrt(fan_in / fan_i
 BatchNorm after each convolution (the ResNets) do not care; ``match_fan_in=True`` multiplies the
 slices by ``sqrt(fan_in_zoo / fan_in)`` to keep the zoo's pre-activation variance instead.
 
+**Baseline** ``zoo-stats(path=ZOO)`` (:class:`ZooStatsInit`): the same matching, but each matched
+layer drawn i.i.d. from ``N(mean, std^2)`` of its zoo layer's weights (pooled over the zoo's nets,
+:func:`zoo_stats`), from a generator seeded by the run's seed and the layer's name: what the VAE
+adds beyond a layer's first two moments.
+
 **Files.** ``VAE/vae.safetensors`` (every layer's VAE, ``layers.<i>.<param>``) and ``VAE/vae.json``
 (format, the zoo's path, catalog :meth:`~initium.zoo.Zoo.digest`, architecture and split; the
 training config; the layer map: name, kind, weight and slice shape, relative depth, VAE
