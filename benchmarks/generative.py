@@ -19,9 +19,9 @@ Weight Prior): the numbers. Parts, each printed as markdown tables (and kept in 
   of each method on clean and corrupted digits (accuracy, NLL, ECE, Brier, disagreement) from the
   ``init`` part's runs.
 
-    OMP_NUM_THREADS=1 python benchmarks/generative.py --out runs/bench/gen --parts zoo,init
+    OMP_NUM_THREADS=1 python benchmarks/generative.py --out runs/bench/gen --parts zoo,init,ensembles --seeds 10
     python benchmarks/generative.py --out runs/bench/gen-gpu --parts init --device cuda \\
-        --resnet 'resnet(depth=20,width=16)' --zoo-count 100 --zoo-epochs 30 --seeds 10 --epochs 30
+        --resnet 'resnet(depth=20,width=16)' --zoo-count 50 --zoo-epochs 30 --seeds 10 --epochs 30
 """
 
 from __future__ import annotations
