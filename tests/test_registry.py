@@ -23,8 +23,20 @@ def _untrained_vae(folder) -> str:
     return str(folder)
 
 
+def _tiny_zoo(folder) -> str:
+    """A model zoo of two 64-16-16-10 MLPs (1 epoch on digits): rows of 16, as Siren(hidden=16)'s
+    hidden layer; ``zoo-stats`` needs a zoo."""
+    from initium.zoo import build
+
+    build(folder, "classifier-mlp(hidden=(16,16))", count=2, epochs=1, device="cpu")
+    return str(folder)
+
+
 # what a method needs besides the common options (an artifact to load)
-NEEDS = {"vae": lambda tmp: {"path": _untrained_vae(tmp / "vae")}}
+NEEDS = {
+    "vae": lambda tmp: {"path": _untrained_vae(tmp / "vae")},
+    "zoo-stats": lambda tmp: {"path": _tiny_zoo(tmp / "zoo")},
+}
 
 
 def test_parse_spec_nested_and_composed():

@@ -334,3 +334,53 @@ def test_a_model_without_a_matchable_layer_is_refused(trained, tmp_path):
             "--epochs", "1", "--no-ood", "--no-track", "--out", str(tmp_path / "run")]  # fmt: skip
     assert main(argv) == 2
     assert not (tmp_path / "run" / "results.jsonl").exists()
+
+
+# --- the zoo-statistics baseline (zoo-stats) ---------------------------------------------------------
+
+STATS_TOL = 0.05  # drawn mean within 0.05 zoo std of the zoo's mean; drawn std within 5 % of the zoo's
+
+
+def test_zoo_stats_draws_each_layer_from_the_zoo_layers_mean_and_std(zoo):
+    """``zoo-stats(path=ZOO)``: each matched layer Gaussian with its zoo layer's mean and std (layers
+    of >= 2000 weights, where the sample statistics are within ~2 % with near certainty); the
+    head of another width (rows of 32, the zoo's are 16) has no match and keeps its init."""
+    states = [Zoo(zoo).state_dict(e) for e in Zoo(zoo).entries()]
+    torch.manual_seed(0)
+    model = ResNet(8, 8, (1, 8, 8))  # the zoo's width is 4
+    head = model.head.weight.detach().clone()
+    method = initium.create(f"zoo-stats(path={zoo})", seed=5)
+    assert method(model) is model
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert sorted(method.info["filled"]) == sorted(convs)
+    assert method.info["kept"] == ["head"] and torch.equal(model.head.weight, head)
+    assert method.info["nets"] == 4
+    params = dict(model.named_parameters())
+    checked = 0
+    for name, fill in method.info["filled"].items():
+        assert fill["zoo_layer"] == name and fill["match"] == "name"
+        ref = torch.cat([s[name + ".weight"].double().flatten() for s in states])
+        assert fill["mean"] == pytest.approx(float(ref.mean())) and fill["std"] == pytest.approx(float(ref.std()))
+        w = params[name + ".weight"].detach().double()
+        if w.numel() >= 2000:
+            checked += 1
+            assert abs(float(w.mean()) - float(ref.mean())) < STATS_TOL * float(ref.std())
+            assert abs(float(w.std()) / float(ref.std()) - 1) < STATS_TOL
+    assert checked >= 2
+    # seeded by the run's seed, not the global RNG; another seed, other draws
+    again = ResNet(8, 8, (1, 8, 8))
+    torch.manual_seed(123)
+    initium.create(f"zoo-stats(path={zoo})", seed=5)(again)
+    assert torch.equal(again.stages[2][0].conv2.weight, model.stages[2][0].conv2.weight)
+    initium.create(f"zoo-stats(path={zoo})", seed=6)(again)
+    assert not torch.equal(again.stages[2][0].conv2.weight, model.stages[2][0].conv2.weight)
+
+
+def test_zoo_stats_refuses_a_bad_zoo_and_an_unmatchable_model(zoo, tmp_path):
+    with pytest.raises(vae.VAEError, match="zoo-stats"):
+        initium.create(f"zoo-stats(path={tmp_path / 'nothing'})")
+    with pytest.raises(vae.VAEError, match="needs path=ZOO"):
+        initium.create("zoo-stats")
+    method = initium.create(f"zoo-stats(path={zoo})")
+    with pytest.raises(vae.VAEError, match="no layer of Siren matches the zoo"):
+        method.validate(Siren(2, 1, hidden=8, layers=2))

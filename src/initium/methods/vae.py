@@ -42,6 +42,11 @@ wider layer sums more of them: its pre-activations grow by ``sqrt(fan_in / fan_i
 BatchNorm after each convolution (the ResNets) do not care; ``match_fan_in=True`` multiplies the
 slices by ``sqrt(fan_in_zoo / fan_in)`` to keep the zoo's pre-activation variance instead.
 
+**Baseline** ``zoo-stats(path=ZOO)`` (:class:`ZooStatsInit`): the same matching, but each matched
+layer drawn i.i.d. from ``N(mean, std^2)`` of its zoo layer's weights (pooled over the zoo's nets,
+:func:`zoo_stats`), from a generator seeded by the run's seed and the layer's name: what the VAE
+adds beyond a layer's first two moments.
+
 **Files.** ``VAE/vae.safetensors`` (every layer's VAE, ``layers.<i>.<param>``) and ``VAE/vae.json``
 (format, the zoo's path, catalog :meth:`~initium.zoo.Zoo.digest`, architecture and split; the
 training config; the layer map: name, kind, weight and slice shape, relative depth, VAE
@@ -100,8 +105,8 @@ from ._base import METHODS, Method
 from .classic import weight_layers
 
 __all__ = [
-    "CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "Layer", "Match", "TrainConfig", "VAEConfig", "VAEError", "VAEInit",
-    "WeightVAE", "load", "slices", "train",
+    "CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "Layer", "LayerStats", "Match", "TrainConfig", "VAEConfig", "VAEError",
+    "VAEInit", "WeightVAE", "ZooStatsConfig", "ZooStatsInit", "load", "slices", "train", "zoo_stats",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -279,6 +284,42 @@ def _layer_map(model: nn.Module) -> list[tuple[str, str, tuple[int, ...], float]
     return [(name, _kind(m), tuple(m.weight.shape), i / last) for i, (name, m) in enumerate(layers)]
 
 
+def _match(layers: Sequence[Any], model: nn.Module) -> list[Match]:
+    """Match each Linear / ConvNd of ``model`` to one of ``layers`` (a zoo's layer map: objects with
+    ``name``, ``kind``, ``slice_shape``, ``depth`` and ``position``): the layer of the same name,
+    kind and slice shape; else the same kind and slice shape at the nearest relative depth (ties:
+    the shallower); else none. The one matching of the family (``vae`` and ``zoo-stats``)."""
+    by_name = {layer.name: i for i, layer in enumerate(layers)}
+    out = []
+    for name, kind, shape, depth in _layer_map(model):
+        key = (kind, _slice_shape(kind, shape))
+        same = [i for i, layer in enumerate(layers) if (layer.kind, tuple(layer.slice_shape)) == key]
+        if name in by_name and by_name[name] in same:
+            out.append(Match(name, by_name[name], "name"))
+        elif same:
+            best = min(same, key=lambda i: (abs(layers[i].depth - depth), layers[i].position))
+            out.append(Match(name, best, "depth"))
+        else:
+            out.append(Match(name, None, None))
+    return out
+
+
+def _check_match(layers: Sequence[Any], model: nn.Module, prefix: str) -> list[Match]:
+    """:func:`_match`, raising :class:`VAEError` (``prefix`` + what each side has) when no layer
+    of ``model`` can be matched."""
+    matches = _match(layers, model)
+    if not any(m.layer is not None for m in matches):
+        have = sorted({f"{m.kind} {'x'.join(map(str, m.slice_shape))}" for m in layers})
+        theirs = sorted(
+            {f"{kind} {'x'.join(map(str, _slice_shape(kind, shape)))}" for _, kind, shape, _ in _layer_map(model)}
+        )
+        raise VAEError(
+            f"{prefix} {', '.join(have)} slices (conv kernels; linear rows of that length), the model has"
+            f" {', '.join(theirs) or 'no Linear or ConvNd layer'}"
+        )
+    return matches
+
+
 # --- the trained VAEs ------------------------------------------------------------------------------
 
 
@@ -329,33 +370,12 @@ class WeightVAE:
         """Which VAE fills each Linear / ConvNd of ``model`` (see the module docstring): the zoo
         layer of the same name, kind and slice shape; else the same kind and slice shape at the
         nearest relative depth (ties: the shallower); else none."""
-        by_name = {layer.name: i for i, layer in enumerate(self.layers)}
-        out = []
-        for name, kind, shape, depth in _layer_map(model):
-            key = (kind, _slice_shape(kind, shape))
-            same = [i for i, layer in enumerate(self.layers) if (layer.kind, layer.slice_shape) == key]
-            if name in by_name and by_name[name] in same:
-                out.append(Match(name, by_name[name], "name"))
-            elif same:
-                best = min(same, key=lambda i: (abs(self.layers[i].depth - depth), self.layers[i].position))
-                out.append(Match(name, best, "depth"))
-            else:
-                out.append(Match(name, None, None))
-        return out
+        return _match(self.layers, model)
 
     def check_model(self, model: nn.Module) -> list[Match]:
         """:meth:`match`, raising :class:`VAEError` when no layer of ``model`` can be matched."""
-        matches = self.match(model)
-        if not any(m.layer is not None for m in matches):
-            have = sorted({f"{m.kind} {'x'.join(map(str, m.slice_shape))}" for m in self.layers})
-            layers = _layer_map(model)
-            theirs = sorted({f"{kind} {'x'.join(map(str, _slice_shape(kind, shape)))}" for _, kind, shape, _ in layers})
-            raise VAEError(
-                f"vae: no layer of {type(model).__name__} can be matched to the VAE {self.path or ''}: it has VAEs for"
-                f" {', '.join(have)} slices (conv kernels; linear rows of that length), the model has"
-                f" {', '.join(theirs) or 'no Linear or ConvNd layer'}"
-            )
-        return matches
+        return _check_match(self.layers, model, f"vae: no layer of {type(model).__name__} can be matched to the VAE"
+                            f" {self.path or ''}: it has VAEs for")  # fmt: skip
 
     def sample(
         self, index: int, n: int, generator: torch.Generator | None = None, *, noise: bool = True
@@ -513,6 +533,99 @@ class VAEInit(Method):
     def __call__(self, model: nn.Module, inputs: torch.Tensor | None = None) -> nn.Module:
         cfg = self.config
         self.info = self.bank.init(model, cfg.seed, noise=cfg.noise, match_fan_in=cfg.match_fan_in)
+        return model
+
+
+# --- the zoo-statistics baseline ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One layer position of a zoo's architecture and the statistics of its trained weights over
+    the zoo's nets: ``mean`` and ``std`` of every weight of the layer, pooled over ``nets`` nets;
+    ``name``, ``kind``, ``shape``, ``slice_shape``, ``position`` and ``depth`` as in :class:`Layer`
+    (so the VAE's matching applies)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    slice_shape: tuple[int, ...]
+    position: int
+    depth: float
+    mean: float
+    std: float
+    nets: int
+
+
+def zoo_stats(zoo: str | os.PathLike[str] | Zoo, arch: str | None = None) -> list[LayerStats]:
+    """Per layer position, the mean and std of a zoo's trained weights (one architecture; every
+    net whose file checks out; at least 2 nets, as for a VAE). Raises :class:`VAEError` otherwise."""
+    try:
+        store = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+        entries = store.entries(arch=arch or None, check=True)
+    except (OSError, ValueError) as exc:
+        raise VAEError(f"zoo-stats path={str(zoo)!r}: {exc}") from None
+    if len(entries) < 2:
+        raise VAEError(f"zoo-stats: zoo {store.path} has {len(entries)} usable net(s) (arch={arch!r}); it needs >= 2")
+    if len({(e.arch_spec, json.dumps(e.arch_config, sort_keys=True)) for e in entries}) > 1:
+        raise VAEError(f"zoo-stats: zoo {store.path} holds several architectures; choose one with arch=SPEC")
+    states = [store.state_dict(e) for e in entries]
+    out = []
+    for i, (name, kind, shape, depth) in enumerate(_layer_map(store.build_model(entries[0]))):
+        w = torch.cat([st[name + ".weight"].double().flatten() for st in states])
+        out.append(LayerStats(name, kind, shape, _slice_shape(kind, shape), i, depth, float(w.mean()),
+                              float(w.std()), len(states)))  # fmt: skip
+    return out
+
+
+@dataclass(frozen=True)
+class ZooStatsConfig:
+    """Config of the ``zoo-stats`` method: ``path`` of a model zoo (``initium zoo build``), ``arch``
+    to choose one architecture of it, ``seed`` of the draws."""
+
+    path: str = ""
+    arch: str = ""
+    seed: int = 0
+
+
+@METHODS.register("zoo-stats", ZooStatsConfig)
+class ZooStatsInit(Method):
+    """The VAE's baseline (Harder et al.'s "zoo statistics"): each matched layer's weights drawn
+    i.i.d. from ``N(mean, std^2)`` of the zoo layer it is matched to (the ``vae`` method's
+    matching: same name, else the same kind and slice shape at the nearest relative depth), from
+    a CPU generator seeded by the run's seed and the layer's name. Unmatched layers, biases and
+    normalisation layers keep their init; ``info`` says which zoo layer filled which layer."""
+
+    name = "zoo-stats"
+
+    def __init__(self, config: ZooStatsConfig = ZooStatsConfig()) -> None:
+        self.config = config
+        if not isinstance(config.path, str) or not config.path.strip():
+            raise VAEError(f"zoo-stats needs path=ZOO, a model zoo made by `initium zoo build`; got {config.path!r}")
+        self.layers = zoo_stats(config.path, config.arch or None)  # a bad zoo fails here, before any work
+
+    def validate(self, model: nn.Module, inputs: torch.Tensor | None = None) -> None:
+        _check_match(self.layers, model, f"zoo-stats: no layer of {type(model).__name__} matches the zoo"
+                     f" {self.config.path}: it has")  # fmt: skip
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, inputs: torch.Tensor | None = None) -> nn.Module:
+        matches = _check_match(self.layers, model, f"zoo-stats: no layer of {type(model).__name__} matches the zoo"
+                               f" {self.config.path}: it has")  # fmt: skip
+        modules = dict(model.named_modules())
+        filled: dict[str, dict[str, Any]] = {}
+        for m in matches:
+            if m.layer is None:
+                continue
+            weight, layer = modules[m.target].weight, self.layers[m.layer]
+            gen = torch.Generator().manual_seed(_derive(self.config.seed, m.target))
+            drawn = torch.randn(weight.shape, generator=gen, dtype=torch.float64) * layer.std + layer.mean
+            weight.copy_(drawn.to(weight))
+            filled[m.target] = {"zoo_layer": layer.name, "match": str(m.by), "mean": layer.mean, "std": layer.std}
+        self.info = {
+            "zoo": self.config.path, "nets": self.layers[0].nets, "filled": filled,
+            "kept": [m.target for m in matches if m.layer is None],
+        }  # fmt: skip
         return model
 
 
