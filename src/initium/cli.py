@@ -228,6 +228,10 @@ def _add_train_parser(sub: Any) -> None:
             flag, type=kind, default=getattr(defaults, name), help=f"{text} (default {getattr(defaults, name)})"
         )
     vae.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    vae.add_argument(
+        "--ddp", action="store_true",
+        help="under torchrun: every rank trains every layer's VAE together (DDP) instead of sharding the layers",
+    )  # fmt: skip
 
 
 def _split_methods(text: str) -> tuple[str, ...]:
@@ -452,6 +456,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 args.zoo, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, latent=args.latent,
                 hidden=args.hidden, drop=args.drop, val_fraction=args.val_fraction, seed=args.seed, arch=args.arch,
                 min_acc=args.min_acc, device=args.device, progress=bar if bar is not None else _progress_log(),
+                ddp=args.ddp,
             )  # fmt: skip
         finally:
             if bar is not None:

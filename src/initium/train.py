@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from . import precision as _precision
 from ._io import atomic_write_bytes, atomic_write_json, sha256, tensors_to_bytes
@@ -164,16 +166,44 @@ class Epochs:
             raise ValueError(f"inputs and target differ in length: {len(inputs)} vs {len(target)}")
         self.inputs, self.target, self.batch_size, self.generator = inputs, target, batch_size, generator
 
+        self.share: tuple[int, int] | None = None  # (rank, world_size) under data parallelism: set by fit
+
     def measure(self, epoch: int) -> Batch:
         return self.inputs, self.target
 
-    def batches(self, epoch: int) -> Iterator[Batch]:
-        x, y = self.inputs, self.target
+    def _order(self) -> torch.Tensor:
+        x = self.inputs
         device = x.device if self.generator is None else self.generator.device
         order = torch.randperm(len(x), generator=self.generator, device=device).to(x.device)
+        if self.share is not None and self.generator is None:
+            # the global RNG may differ over the ranks: rank 0's order is everyone's (one broadcast per epoch)
+            dist.broadcast(order, src=0)
+        return order
+
+    def batches(self, epoch: int) -> Iterator[Batch]:
+        x, y = self.inputs, self.target
+        order = self._order()
         for i in range(0, len(x), self.batch_size):
             idx = order[i : i + self.batch_size]
             yield x[idx], y[idx]
+
+    def shares(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, float]]:
+        """This rank's share of every global batch of ``batches`` (data parallelism): the strided
+        ``idx[rank::world]``, with the weight ``world * n_rank / n_batch`` for its mean loss, so that
+        the ranks' averaged gradient (DDP averages) is exactly that of the global batch's mean loss,
+        even for a short last batch. A rank whose share is empty (a last batch shorter than the world)
+        computes one sample at weight 0: every rank must take part in every all-reduce."""
+        assert self.share is not None
+        rank, world = self.share
+        x, y = self.inputs, self.target
+        order = self._order()
+        for i in range(0, len(x), self.batch_size):
+            idx = order[i : i + self.batch_size]
+            mine = idx[rank::world]
+            if len(mine) == 0:
+                yield x[idx[:1]], y[idx[:1]], 0.0
+            else:
+                yield x[mine], y[mine], world * len(mine) / len(idx)
 
 
 Data = Steps | Epochs
@@ -374,8 +404,10 @@ def loop(
             torch.nn.utils.clip_grad_norm_(params, clip_grad)
         opt.step()
 
+    share = data.share if isinstance(data, Epochs) else None
+    writes = share is None or share[0] == 0  # data-parallel ranks hold the same state: rank 0 writes it
     for k in range(start, steps + 1):
-        if checkpoint is not None and k > start and history is not None and checkpoint.due(k, evals):
+        if checkpoint is not None and k > start and history is not None and checkpoint.due(k, evals) and writes:
             checkpoint.save(k, history[:k].cpu(), ckpt_state)  # one read-back, at an evaluation point
         if k < steps and data.update_measures:
             loss, pred = step_fn(*data.measure(k))
@@ -396,15 +428,18 @@ def loop(
             break
         if data.update_measures:
             update(loss)
-        else:
+        elif share is None:
             for x, y in data.batches(k):
                 update(step_fn(x, y)[0])
+        else:
+            for x, y, weight in data.shares(k):
+                update(step_fn(x, y)[0] * weight)
         if sched is not None:
             sched.step()
         if emit is not None:
             emit(Progress(phase, k + 1, steps))
     assert history is not None
-    if checkpoint is not None:
+    if checkpoint is not None and writes:
         checkpoint.remove()
     return history.cpu()
 
@@ -465,6 +500,7 @@ def fit(
     precision: str = "fp32",
     phase: str = "train",
     checkpoint: Checkpoint | None = None,
+    data_parallel: bool = False,
 ) -> torch.Tensor:
     """Train ``model`` in place for ``steps`` units; return the loss history on the CPU.
 
@@ -481,6 +517,16 @@ def fit(
     ``compile`` wraps the forward-and-loss in ``torch.compile``; ``precision`` (``fp32``, ``tf32``,
     ``bf16``: :mod:`initium.precision`) sets its arithmetic. ``checkpoint`` saves model, optimiser,
     schedule and RNG state at the evaluation points and resumes from them (:class:`Checkpoint`).
+
+    ``data_parallel``: when a ``torch.distributed`` process group of several ranks is joined
+    (:func:`initium.distributed.init`), train the one model on all of them with
+    ``DistributedDataParallel`` (:func:`_data_parallel`): each epoch's shuffled order is the same on
+    every rank, each rank takes its share of every global batch (:meth:`Epochs.shares`), and the
+    averaged gradient is that of the global batch, so the run follows the one-process run with the
+    same ``batch_size`` up to float rounding. Every rank measures the loss on the whole set (the
+    same history everywhere); rank 0 alone writes the checkpoint, every rank reads it. Minibatch
+    epochs only (:class:`Epochs`). Without a process group (or with one rank) it is a no-op, so the
+    same call serves one process and torchrun.
     """
     check_fit_args(steps=steps, lr=lr, lr_decay=lr_decay, precision=precision)
     if optimizer not in _OPTIMIZERS:
@@ -509,15 +555,48 @@ def fit(
             pred = model(x)
             return loss_fn(pred, y), pred
 
-    step_fn = torch.compile(step_loss) if compile else step_loss
+    step_fn: StepFn = step_loss
+    if data_parallel and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        step_fn = _data_parallel(model, step_loss, data)
+    step_fn = torch.compile(step_fn) if compile else step_fn
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _OPTIMIZERS[optimizer](params, lr, momentum)
     if lr_decay is not None:
         schedule = step_decay(*lr_decay)
     model.train()
-    with _precision.matmul_precision(precision):
-        return loop(
-            step_fn, opt, data, steps=steps, final_fn=step_loss, schedule=schedule, clip_grad=clip_grad,
-            evaluate_at=evaluate_at, on_eval=on_eval, phase=phase, checkpoint=checkpoint,
-            state=model.state_dict() if checkpoint is not None else None,
-        )  # fmt: skip
+    try:
+        with _precision.matmul_precision(precision):
+            return loop(
+                step_fn, opt, data, steps=steps, final_fn=step_loss, schedule=schedule, clip_grad=clip_grad,
+                evaluate_at=evaluate_at, on_eval=on_eval, phase=phase, checkpoint=checkpoint,
+                state=model.state_dict() if checkpoint is not None else None,
+            )  # fmt: skip
+    finally:
+        if isinstance(data, Epochs):
+            data.share = None  # the deal was this fit's: the same Epochs may serve a one-process fit next
+
+
+class _StepModule(nn.Module):
+    """The step's forward-and-loss as a module holding ``model``, so that DDP wraps all of it: a
+    ``forward_loss`` that calls another method of the model (a VAE's ``loss``) still runs inside
+    DDP's forward, and its gradients are all-reduced."""
+
+    def __init__(self, model: nn.Module, step: StepFn) -> None:
+        super().__init__()
+        self.model = model
+        self.step = step
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.step(x, y)
+
+
+def _data_parallel(model: nn.Module, step: StepFn, data: Data) -> StepFn:
+    """``step`` under ``DistributedDataParallel`` (which first broadcasts rank 0's parameters and
+    buffers, so every rank starts from the same model), and ``data`` dealt over the ranks."""
+    if not isinstance(data, Epochs):
+        raise ValueError("data_parallel trains minibatch epochs (Epochs, or batch_size=...), not Steps")
+    device = next(model.parameters()).device
+    rank, world = dist.get_rank(), dist.get_world_size()
+    data.share = (rank, world)
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(_StepModule(model, step), device_ids=ids)

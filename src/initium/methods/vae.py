@@ -64,7 +64,11 @@ data parallelism (DDP) inside one of them would spend its time exchanging gradie
 per rank need no communication at all, and give exactly the VAEs of a one-process run (the same
 seed and data per layer, whichever rank trains it; bit-identical on CPUs with the same thread
 count). The ranks share the work folder: on several machines it must be on a shared file system.
-Past one rank per layer (more ranks than layers) the extra ranks idle.
+Past one rank per layer (more ranks than layers) the extra ranks idle. ``train(ddp=True)``
+(``initium train vae --ddp``) is the data-parallel alternative: every rank trains every layer's
+VAE together through the engine's ``fit(data_parallel=True)`` (DDP; rank 0 writes), slower here
+(a 2-rank CPU run took 10.5 s against 7.9 s sharded) and equal to the one-process VAEs only up to
+rounding and noise (``tests/test_ddp.py``).
 
 Python API::
 
@@ -725,10 +729,23 @@ def _mean_loss(vae: SliceVAE, x: torch.Tensor, seed: int) -> float:
 
 
 def _train_layer(
-    plan: _Plan, index: int, train_x: torch.Tensor, val_x: torch.Tensor, device: torch.device, work: Path
+    plan: _Plan,
+    index: int,
+    train_x: torch.Tensor,
+    val_x: torch.Tensor,
+    device: torch.device,
+    work: Path,
+    ddp: distributed.Rank | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train the VAE of layer ``index`` through the engine (minibatch epochs, Adam, cosine decay,
-    a checkpoint every epoch); return its tensors and its layer-map entry."""
+    a checkpoint every epoch); return its tensors and its layer-map entry.
+
+    ``ddp`` (this rank, under data parallelism): the engine trains the one VAE on every rank
+    (``fit(data_parallel=True)``). The shared generator then draws only what every rank draws alike
+    (the epoch's order, the whole-set measurement's noise), so it stays the same everywhere; the
+    reparametrisation noise of a rank's share comes from a generator of its own, reseeded from
+    (seed, layer, rank, epoch) at each epoch, so a resumed epoch draws the same noise again with
+    nothing more in the checkpoint."""
     cfg = plan.cfg
     name, kind, shape, depth = plan.layers[index]
     slice_shape = _slice_shape(kind, shape)
@@ -741,14 +758,18 @@ def _train_layer(
     x, v = (train_x / scale).to(device), (val_x / scale).to(device)
     # one generator for the batches' order and the reparametrisation noise: the checkpoint keeps its state
     gen = torch.Generator(device=device).manual_seed(seed)
+    noise = torch.Generator(device=device) if ddp is not None else None
     val_curve: list[float] = []
 
     def forward_loss(model: nn.Module, xb: torch.Tensor, _target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        losses = model.loss(xb, gen)
+        training = noise is not None and torch.is_grad_enabled()  # a rank's share, not the whole-set measurement
+        losses = model.loss(xb, noise if training else gen)
         return losses.mean(), losses
 
-    def on_eval(_epoch: int, _pred: torch.Tensor) -> None:
+    def on_eval(epoch: int, _pred: torch.Tensor) -> None:
         val_curve.append(_mean_loss(vae, v, seed + 1) + shift)
+        if noise is not None and ddp is not None:
+            noise.manual_seed(_derive(seed, f"{name}/rank{ddp.rank}/epoch{epoch}"))
 
     def restore(extra: Any) -> None:
         val_curve[:] = [float(t) for t in extra["val"]]
@@ -758,7 +779,7 @@ def _train_layer(
         history = fit(
             vae, Epochs(x, x, cfg.batch_size, generator=gen), steps=cfg.epochs, lr=cfg.lr,
             forward_loss=forward_loss, schedule=cosine, evaluate_at=range(cfg.epochs + 1), on_eval=on_eval,
-            phase="vae", checkpoint=ckpt,
+            phase="vae", checkpoint=ckpt, data_parallel=ddp is not None,
         )  # fmt: skip
     except TrainingDiverged as exc:
         raise VAEError(f"the VAE of layer {name} diverged at epoch {exc.step}; lower the learning rate (--lr)") from exc
@@ -862,6 +883,7 @@ def train(
     min_acc: float | None = None,
     device: str | None = None,
     progress: ProgressFn | None = None,
+    ddp: bool = False,
 ) -> WeightVAE:
     """Train one VAE per layer position on the weights of the zoo's nets and save them in the
     folder ``out`` (``vae.safetensors`` + ``vae.json``); return them (:class:`WeightVAE`).
@@ -871,7 +893,14 @@ def train(
     torchrun each rank's own GPU). ``progress`` receives the engine's events (phase ``"vae"``,
     labelled with the layer). Everything is checked before any training; a finished ``out`` of the
     same zoo and config is returned as it is, and an interrupted one resumes (module docstring).
-    Under torchrun the layers are shared out over the ranks; every rank returns the result.
+    Under torchrun the layers are shared out over the ranks (the default); with ``ddp`` every rank
+    trains every layer's VAE together instead, under DistributedDataParallel (each rank a share of
+    every minibatch; rank 0 writes the files). Every rank returns the result. Sharding stays the
+    default because it is faster for these tiny VAEs (a few thousand parameters to 49 k, batches of
+    128 slices): DDP exchanges every gradient after every minibatch, whereas whole layers per rank
+    need no communication, and sharding gives the one-process VAEs bit for bit while DDP follows
+    them only up to float rounding and its own reparametrisation noise. ``ddp`` is for layers too
+    large for one rank, or more ranks than layers. Without torchrun ``ddp`` changes nothing.
     """
     cfg = TrainConfig(epochs, batch_size, lr, latent, hidden, drop, val_fraction, seed)
     cfg.check()
@@ -880,7 +909,10 @@ def train(
     me = distributed.init()
     try:
         plan = _collectively(lambda: _plan(zoo, cfg, arch, min_acc), me)
-        fingerprint = plan.fingerprint()
+        parallel = me if ddp and me.is_distributed else None
+        if parallel is not None:
+            plan.meta["data_parallel"] = me.world_size  # recorded in vae.json: how these VAEs were trained
+        fingerprint = plan.fingerprint() | ({"data_parallel": me.world_size} if parallel is not None else {})
         done = _collectively(lambda: _check_out(out, fingerprint), me)
         dev = _collectively(lambda: distributed.device_for(me, device), me)
         distributed.barrier()  # every rank has looked at out before rank 0 writes to it
@@ -888,8 +920,8 @@ def train(
             return load(out)
         work = out / WORK
         _collectively(lambda: _prepare_work(work, fingerprint) if me.is_main else None, me)
-        mine = plan.assignment(me.world_size)[me.rank]
-        _collectively(lambda: _train_mine(plan, mine, dev, work, progress), me)
+        mine = list(range(len(plan.layers))) if parallel is not None else plan.assignment(me.world_size)[me.rank]
+        _collectively(lambda: _train_mine(plan, mine, dev, work, progress, parallel), me)
         _collectively(lambda: _assemble(plan, out, work) if me.is_main else None, me)
         distributed.barrier()
         return load(out)
@@ -899,11 +931,19 @@ def train(
 
 
 def _train_mine(
-    plan: _Plan, mine: Sequence[int], device: torch.device, work: Path, progress: ProgressFn | None
+    plan: _Plan,
+    mine: Sequence[int],
+    device: torch.device,
+    work: Path,
+    progress: ProgressFn | None,
+    ddp: distributed.Rank | None = None,
 ) -> None:
     """Train this rank's layers that no earlier run finished; each layer's VAE is written to
-    ``work`` (tensors, then the JSON with their sha256) as soon as it is trained."""
+    ``work`` (tensors, then the JSON with their sha256) as soon as it is trained. Under ``ddp``
+    (data parallelism) every rank trains every layer with the others and rank 0 alone writes."""
     todo = [i for i in mine if _finished(work, i) is None]
+    if ddp is not None:
+        distributed.barrier()  # every rank has chosen its layers before rank 0 writes the first
     if not todo:
         return
     states = {e.file: plan.zoo.state_dict(e) for e in [*plan.train, *plan.val]}  # sha256-checked, safetensors
@@ -911,7 +951,9 @@ def _train_mine(
         name = plan.layers[i][0]
         train_x, val_x = _groups(plan, states, i, plan.train), _groups(plan, states, i, plan.val)
         with _labelled(progress, name):
-            tensors, entry = _train_layer(plan, i, train_x, val_x, device, work)
+            tensors, entry = _train_layer(plan, i, train_x, val_x, device, work, ddp)
+        if ddp is not None and not ddp.is_main:
+            continue
         data = tensors_to_bytes(tensors)
         path, meta = _layer_files(work, i)
         atomic_write_bytes(path, data)
