@@ -177,3 +177,10 @@ def test_tuple_task_options_and_the_task_default_arch(tmp_path):
     (rec,) = initium.runner.load_results(out)
     assert rec["task_config"]["frequencies"] == [1, 2.5]
     assert rec["arch"] == "mlp" and rec["arch_spec"] == "mlp(hidden=128,layers=3)"
+
+
+def test_help_of_a_task_lists_its_own_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "classify", "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and "--val-fraction" in out and "--input-size" in out and "--no-corrupt" in out

@@ -488,11 +488,13 @@ def _unknown_task(name: str) -> str:
 def _task_of(argv: list[str]) -> str | None:
     """The task named in ``argv``, before its own options are known. A task's option can be the
     abbreviation of a general one (pinn-advection's ``--c=5`` reads as ``--compile=5``), so a first
-    pass that fails is tried again without abbreviations; ``None`` leaves the error to the full parse."""
+    pass that fails is tried again without abbreviations; ``None`` leaves the error to the full parse.
+    ``--help`` is left to the full parse, so that it lists the task's options too."""
+    probe = [a for a in argv if a not in ("-h", "--help")]
     for abbrev in (True, False):
         try:
             with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-                first, _ = build_parser(abbrev=abbrev).parse_known_args(argv)
+                first, _ = build_parser(abbrev=abbrev).parse_known_args(probe)
         except SystemExit:
             continue
         return getattr(first, "task", None)
