@@ -95,8 +95,9 @@ def _add_config_options(parser: argparse.ArgumentParser, config: type) -> None:
             group.add_argument(flag, **kw)
 
 
-def build_parser(task: str | None = None, *, abbrev: bool = True) -> argparse.ArgumentParser:
-    """The ``initium`` parser, with ``task``'s own options; ``abbrev``: ``run`` takes unique prefixes of its options."""
+def build_parser(task: str | None = None, *, abbrev: bool = True, probing: bool = False) -> argparse.ArgumentParser:
+    """The ``initium`` parser, with ``task``'s own options; ``abbrev``: ``run`` takes unique prefixes of its
+    options; ``probing``: only to find the task (``--out`` not required, so ``run TASK --help`` finds it)."""
     parser = argparse.ArgumentParser(prog="initium", description="Start neural networks from structure, not chance.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,7 +143,9 @@ def build_parser(task: str | None = None, *, abbrev: bool = True) -> argparse.Ar
     run.add_argument(
         "--thresholds", type=_floats, default=None, help="metric thresholds for 'steps to' (e.g. 25,30,40)"
     )
-    run.add_argument("--out", type=Path, required=True, help="output folder (results.jsonl; resumes if it exists)")
+    run.add_argument(
+        "--out", type=Path, required=not probing, help="output folder (results.jsonl; resumes if it exists)"
+    )
     run.add_argument("--report", action="store_true", help="then write the report (as `initium report OUT`)")
     run.add_argument(
         "--save-weights",
@@ -494,7 +497,7 @@ def _task_of(argv: list[str]) -> str | None:
     for abbrev in (True, False):
         try:
             with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-                first, _ = build_parser(abbrev=abbrev).parse_known_args(probe)
+                first, _ = build_parser(abbrev=abbrev, probing=True).parse_known_args(probe)
         except SystemExit:
             continue
         return getattr(first, "task", None)
