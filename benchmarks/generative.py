@@ -14,10 +14,12 @@ Weight Prior): the numbers. Parts, each printed as markdown tables (and kept in 
   read from the records' curves, mean ± 95% CI over seeds. Nothing is selected on the test split:
   every setting is fixed in advance (the architectures' own lr, classify's defaults, the VAE's
   defaults of ``initium train vae``).
-- ``ensembles``: TODO, not written yet (needs the stored test logits, corrupted test sets and
-  ensemble metrics another worker is adding: ``initium.ensembles``). It is to report ensembles of 5
-  of each method on clean and corrupted digits (accuracy, NLL, ECE, Brier, disagreement) from the
-  ``init`` part's runs.
+- ``ensembles``: deep ensembles of ``--ens-size`` (5) seeds of each init method of the ``init``
+  part, from its runs' stored test logits (``classify`` keeps them, clean and corrupted), scored by
+  the report's code (``initium.report.ensemble_results``): accuracy, NLL, ECE, Brier and member
+  disagreement on clean digits and, per severity, averaged over the corruptions
+  (``initium.tasks.corruptions``); mean ± 95% CI over ``--ens-draws`` (10) seeded draws of members
+  without replacement. Runs the ``init`` part first (resuming) where its folders lack the logits.
 
     OMP_NUM_THREADS=1 python benchmarks/generative.py --out runs/bench/gen --parts zoo,init,ensembles --seeds 10
     python benchmarks/generative.py --out runs/bench/gen-gpu --parts init --device cuda \\
@@ -41,7 +43,8 @@ from typing import Any
 import torch
 
 from initium import vae
-from initium.report import mean_ci
+from initium.records import LOGITS, load_results
+from initium.report import ensemble_results, ensemble_table, group, mean_ci
 from initium.runner import RunConfig, run
 from initium.zoo import Zoo, build
 
@@ -168,14 +171,36 @@ def part_init(out: Path, archs: list[str], args: argparse.Namespace) -> dict[str
     return results
 
 
-# --- part: ensembles (TODO) --------------------------------------------------------------------------
+# --- part: ensembles ---------------------------------------------------------------------------------
 
 
-def part_ensembles(out: Path) -> None:
-    """TODO(ensembles): ensembles of 5 per method on clean and corrupted digits (accuracy, NLL, ECE,
-    Brier, disagreement), from the ``init`` part's runs once classify stores test logits and
-    ``initium.ensembles`` exists (another worker). Not written: this part only says so."""
-    print("\n### Ensembles: TODO, not measured (needs initium.ensembles and classify's stored logits)\n")
+def part_ensembles(out: Path, archs: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Ensembles of ``--ens-size`` seeds per init method from the ``init`` part's runs (their stored
+    clean and corrupted test logits; the ``init`` part is run first, resuming, where its folders lack
+    them), scored by the report's own code (:func:`initium.report.ensemble_results`: members drawn
+    without replacement, ``--ens-draws`` seeded draws; a severity's value is the mean over the
+    corruptions at it). Printed: clean and severities ``--ens-severities``; kept in full in
+    OUT/ensembles.json."""
+    folders = {arch: out / f"runs-{arch.split('(')[0]}" for arch in archs}
+    have = {a: [r for r in load_results(f) if r.get("status") == "ok" and r.get(LOGITS)] if f.exists() else []
+            for a, f in folders.items()}  # fmt: skip
+    if any(len(runs) < args.ens_size for runs in have.values()):
+        print("\n(ensembles: the init part's folders lack enough runs with stored logits: running it, resuming)")
+        part_init(out, archs, args)
+    shown = {0, *(int(s) for s in args.ens_severities.split(","))}
+    results: dict[str, Any] = {}
+    for arch, folder in folders.items():
+        groups = {label.split("(")[0]: [r for r in runs if r.get("status") == "ok"]
+                  for label, runs in group(load_results(folder)).items()}  # fmt: skip
+        ens = ensemble_results(groups, folder, k=args.ens_size, draws=args.ens_draws, seed=0)
+        results[arch] = ens
+        short = {label: {**res, "by_severity": {s: v for s, v in res["by_severity"].items() if s in shown}}
+                 for label, res in ens.items()}  # fmt: skip
+        table = ensemble_table(short)
+        print(f"\n### {arch} on digits: {table.title}\n")
+        print(table.markdown())
+    (out / "ensembles.json").write_text(json.dumps(results, indent=1, default=str))
+    return results
 
 
 def main() -> None:
@@ -191,6 +216,9 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20, help="epochs of the evaluated runs")
     p.add_argument("--speed-count", type=int, default=16, help="nets of the zoo part's builds")
     p.add_argument("--speed-epochs", type=int, default=10)
+    p.add_argument("--ens-size", type=int, default=5, help="members per ensemble (drawn from the evaluated seeds)")
+    p.add_argument("--ens-draws", type=int, default=10, help="seeded draws of members per method")
+    p.add_argument("--ens-severities", default="1,3,5", help="corruption severities printed (all kept in the json)")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     parts = args.parts.split(",")
@@ -202,7 +230,7 @@ def main() -> None:
     if "init" in parts:
         part_init(args.out, [args.resnet, "classifier-cnn"], args)
     if "ensembles" in parts:
-        part_ensembles(args.out)
+        part_ensembles(args.out, [args.resnet, "classifier-cnn"], args)
     print(f"\ntotal wall time: {time.perf_counter() - t0:.0f} s")
 
 
