@@ -9,7 +9,7 @@ import io
 import logging
 import sys
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +303,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _rank_progress(me: distributed.Rank, job: str, what: str) -> Iterator[Callable[[TrainProgress], None]]:
+    """The progress hook of one rank's share of a job: the live bar on rank 0, log lines elsewhere."""
+    if not me.is_main:
+        yield _progress_log()
+        return
+    bar = _Bar(argparse.Namespace(task=job, arch=what))
+    try:
+        yield bar
+    finally:
+        bar.stop()
+
+
 def _progress_log() -> Callable[[TrainProgress], None]:
     """Progress of a rank other than 0: a log line per finished phase, not a second live bar."""
 
@@ -427,15 +440,11 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     dataset, epochs = options.pop("dataset", config.dataset), options.pop("epochs", config.epochs)
     me = distributed.init()  # under torchrun: one copy of this command per rank, the seeds shared out
     try:
-        bar = _Bar(argparse.Namespace(task="zoo build", arch=args.arch)) if me.is_main else None
-        try:
+        with _rank_progress(me, "zoo build", args.arch) as progress:
             result = zoo.build(
                 args.out, args.arch, dataset, args.count, epochs, lr=args.lr, device=args.device,
-                task_options=options, progress=bar if bar is not None else _progress_log(),
+                task_options=options, progress=progress,
             )  # fmt: skip
-        finally:
-            if bar is not None:
-                bar.stop()
     finally:
         distributed.shutdown()
     if not me.is_main:
@@ -453,17 +462,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     me = distributed.init()  # under torchrun: one copy of this command per rank, the layers shared out
     try:
-        bar = _Bar(argparse.Namespace(task="train vae", arch=str(args.zoo))) if me.is_main else None
-        try:
+        with _rank_progress(me, "train vae", str(args.zoo)) as progress:
             bank = vae.train(
                 args.zoo, args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, latent=args.latent,
                 hidden=args.hidden, drop=args.drop, val_fraction=args.val_fraction, seed=args.seed, arch=args.arch,
-                min_acc=args.min_acc, device=args.device, progress=bar if bar is not None else _progress_log(),
-                ddp=args.ddp,
+                min_acc=args.min_acc, device=args.device, progress=progress, ddp=args.ddp,
             )  # fmt: skip
-        finally:
-            if bar is not None:
-                bar.stop()
     finally:
         distributed.shutdown()
     if not me.is_main:
