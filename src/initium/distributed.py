@@ -9,6 +9,7 @@ torchrun every helper describes one process and costs nothing, so the same code 
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -119,8 +120,12 @@ def all_ok(ok: bool) -> bool:
 
 
 def shutdown() -> None:
-    """Leave the process group, if one is joined (NCCL warns at exit otherwise)."""
+    """Leave the process group, if one is joined (NCCL warns at exit otherwise). Objects that hold
+    the group (a ``DistributedDataParallel`` wrapper caught in a reference cycle) are collected first:
+    one destroyed after the group, at interpreter exit, can abort the process ("terminate called
+    without an active exception")."""
     if is_joined():
+        gc.collect()
         dist.destroy_process_group()
 
 
