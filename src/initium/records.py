@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "FINISHED_FIELDS", "LOGITS", "PLOT_KINDS", "RECORD_FIELDS", "RESULTS", "STEP_UNITS", "MetricSpec", "PlotSpec",
-    "identity", "latest", "load_results", "metric_series", "read_records", "shard_files", "shard_path", "spec_of",
-    "steps_to", "value_at",
+    "DEFAULT_RULE", "FINISHED_FIELDS", "LOGITS", "PLOT_KINDS", "RECORD_FIELDS", "RESULTS", "STEP_UNITS", "MetricSpec",
+    "PlotSpec", "identity", "latest", "load_results", "metric_series", "read_records", "shard_files", "shard_path",
+    "spec_of", "steps_to", "value_at",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
+DEFAULT_RULE = "bp"
+"""The learning rule of a run that names none, and of records from before rules existed: backprop."""
 SHARD_GLOB = "results.rank*.jsonl"
 _SHARD_RE = re.compile(r"results\.rank(\d+)\.jsonl")
 
@@ -214,7 +216,7 @@ def identity(rec: dict[str, Any]) -> str:
     ident = {k: rec.get(k) for k in keys}
     # records from before --precision: fp32 matmuls (on CUDA, convolutions then took cuDNN's TF32 default)
     ident["precision"] = rec.get("precision", "fp32")
-    ident["rule"] = rec.get("rule", "bp")  # records from before learning rules were backprop
+    ident["rule"] = rec.get("rule", DEFAULT_RULE)  # records from before learning rules were backprop
     device = rec.get("device") or rec.get("env", {}).get("device")  # older records: in env only
     # the kind of device, not which one: a run resumed on another GPU (another rank) is the same run
     ident["device"] = device.split(":")[0] if isinstance(device, str) else device

@@ -26,7 +26,7 @@ from scipy import stats
 
 from ._io import atomic_write_text
 from .ensembles import draw_members, metrics
-from .records import LOGITS, PlotSpec, load_results, metric_series, spec_of, steps_to, value_at
+from .records import DEFAULT_RULE, LOGITS, PlotSpec, load_results, metric_series, spec_of, steps_to, value_at
 
 __all__ = ["PLOTTERS", "Table", "ensemble_table", "failures", "mean_ci", "summarize", "write_report"]
 
@@ -69,13 +69,13 @@ def group(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     (``fa/fa-noise``)."""
     tasks = {r["task"] for r in records}
     archs = {(r["task"], r.get("arch_spec", r["arch"])) for r in records}
-    rules = {r.get("rule", "bp") for r in records}
+    rules = {r.get("rule", DEFAULT_RULE) for r in records}
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         prefix = (f"{r['task']}/" if len(tasks) > 1 else "") + (
             f"{r.get('arch_spec', r['arch'])}/" if len(archs) > 1 else ""
         )
-        prefix += f"{r.get('rule', 'bp')}/" if rules != {"bp"} else ""
+        prefix += f"{r.get('rule', DEFAULT_RULE)}/" if rules != {DEFAULT_RULE} else ""
         groups[prefix + r["method"]].append(r)
     return dict(groups)
 

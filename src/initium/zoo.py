@@ -728,19 +728,6 @@ class _StoreAsTheyFinish:
                 _store(self.zoo, self.plan, rec, self.work)
 
 
-def _all_ok(ok: bool) -> bool:
-    """Whether every rank got here with ``ok`` (one all-reduce; just ``ok`` for one process), so a
-    failure on one rank stops all of them instead of leaving the others waiting at a barrier."""
-    import torch.distributed as dist
-
-    if not (distributed.is_joined() and dist.get_world_size() > 1):
-        return ok
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
-    flag = torch.tensor([int(ok)], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
-
-
 def build(
     zoo: str | os.PathLike[str],
     arch: str,
@@ -792,7 +779,7 @@ def _build(path: Path, plan: _Plan, count: int, me: distributed.Rank, progress: 
                 _recover(made, plan, work)
             except (ZooError, OSError, sqlite3.Error) as exc:
                 error = exc
-        if not _all_ok(error is None):
+        if not distributed.all_ok(error is None):
             if error is not None:
                 raise error
             raise ZooError(f"rank 0 could not prepare the zoo {path} (see its error)")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .._registry import Registry, SpecError, closest
-from ..records import PlotSpec
+from ..records import DEFAULT_RULE, PlotSpec
 
 __all__ = [
     "DEFAULT_RULE", "METHODS", "RULES", "SHARED_OPTIONS", "Compose", "LearningRule", "Method", "create", "list_methods",
@@ -82,8 +82,7 @@ class LearningRule:
 
 
 RULES: Registry[LearningRule] = Registry("learning rule")
-DEFAULT_RULE = "bp"
-"""The rule of a run that names none: backprop (registered by :mod:`initium.methods.fa`)."""
+# DEFAULT_RULE (records.py): the rule of a run that names none, backprop (registered by initium.methods.fa)
 
 
 class Compose(Method):

@@ -109,8 +109,9 @@ from ._base import METHODS, Method
 from .classic import weight_layers
 
 __all__ = [
-    "CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "Layer", "LayerStats", "Match", "TrainConfig", "VAEConfig", "VAEError",
-    "VAEInit", "WeightVAE", "ZooStatsConfig", "ZooStatsInit", "load", "slices", "train", "zoo_stats",
+    "CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "Layer", "LayerPosition", "LayerStats", "Match", "TrainConfig",
+    "VAEConfig", "VAEError", "VAEInit", "WeightVAE", "ZooStatsConfig", "ZooStatsInit", "load", "slices", "train",
+    "zoo_stats",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -198,15 +199,11 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class Layer:
-    """One layer position of the zoo's architecture and its VAE: an entry of the layer map.
-
+class LayerPosition:
+    """One layer position of the zoo's architecture, what a target layer is matched against:
     ``name`` (module name in the zoo's architecture), ``kind`` (``conv`` or ``linear``), the zoo
     layer's weight ``shape``, the ``slice_shape`` of its groups, its ``position`` among the weight
-    layers and relative ``depth`` (position / (count - 1)); the VAE's architecture (``vae``, a
-    :data:`~initium.nn.vae.SLICE_VAES` name), ``latent`` and ``hidden`` size, the ``scale`` the slices
-    were divided by, how many slices it was trained and validated on, and its loss curves
-    (``-ELBO`` in nats per slice of the weights, index = epoch; ``val_loss[0]`` is before training)."""
+    layers and relative ``depth`` (position / (count - 1))."""
 
     name: str
     kind: str
@@ -214,6 +211,16 @@ class Layer:
     slice_shape: tuple[int, ...]
     position: int
     depth: float
+
+
+@dataclass(frozen=True)
+class Layer(LayerPosition):
+    """One layer position of the zoo's architecture (:class:`LayerPosition`) and its VAE: an entry
+    of the layer map. The VAE's architecture (``vae``, a
+    :data:`~initium.nn.vae.SLICE_VAES` name), ``latent`` and ``hidden`` size, the ``scale`` the slices
+    were divided by, how many slices it was trained and validated on, and its loss curves
+    (``-ELBO`` in nats per slice of the weights, index = epoch; ``val_loss[0]`` is before training)."""
+
     vae: str
     latent: int
     hidden: int
@@ -288,7 +295,7 @@ def _layer_map(model: nn.Module) -> list[tuple[str, str, tuple[int, ...], float]
     return [(name, _kind(m), tuple(m.weight.shape), i / last) for i, (name, m) in enumerate(layers)]
 
 
-def _match(layers: Sequence[Any], model: nn.Module) -> list[Match]:
+def _match(layers: Sequence[LayerPosition], model: nn.Module) -> list[Match]:
     """Match each Linear / ConvNd of ``model`` to one of ``layers`` (a zoo's layer map: objects with
     ``name``, ``kind``, ``slice_shape``, ``depth`` and ``position``): the layer of the same name,
     kind and slice shape; else the same kind and slice shape at the nearest relative depth (ties:
@@ -308,7 +315,7 @@ def _match(layers: Sequence[Any], model: nn.Module) -> list[Match]:
     return out
 
 
-def _check_match(layers: Sequence[Any], model: nn.Module, prefix: str) -> list[Match]:
+def _check_match(layers: Sequence[LayerPosition], model: nn.Module, prefix: str) -> list[Match]:
     """:func:`_match`, raising :class:`VAEError` (``prefix`` + what each side has) when no layer
     of ``model`` can be matched."""
     matches = _match(layers, model)
@@ -544,18 +551,11 @@ class VAEInit(Method):
 
 
 @dataclass(frozen=True)
-class LayerStats:
-    """One layer position of a zoo's architecture and the statistics of its trained weights over
-    the zoo's nets: ``mean`` and ``std`` of every weight of the layer, pooled over ``nets`` nets;
-    ``name``, ``kind``, ``shape``, ``slice_shape``, ``position`` and ``depth`` as in :class:`Layer`
-    (so the VAE's matching applies)."""
+class LayerStats(LayerPosition):
+    """One layer position of a zoo's architecture (:class:`LayerPosition`, so the VAE's matching
+    applies) and the statistics of its trained weights over the zoo's nets: ``mean`` and ``std`` of
+    every weight of the layer, pooled over ``nets`` nets."""
 
-    name: str
-    kind: str
-    shape: tuple[int, ...]
-    slice_shape: tuple[int, ...]
-    position: int
-    depth: float
     mean: float
     std: float
     nets: int
