@@ -42,7 +42,7 @@ from ._io import atomic_write_bytes, atomic_write_json, sha256, tensors_to_bytes
 
 __all__ = [
     "MAX_LR", "Checkpoint", "Epochs", "ForwardLoss", "Progress", "ProgressFn", "Schedule", "StepFn", "Steps",
-    "TrainingDiverged", "adam", "check_fit_args", "check_lr", "cosine", "current_progress", "fit", "loop", "mse",
+    "TrainingDiverged", "adam", "check_fit_args", "check_lr", "cosine", "fit", "loop", "mse",
     "progress_hook", "sgd", "step_decay",
 ]  # fmt: skip
 
@@ -85,11 +85,6 @@ def progress_hook(fn: ProgressFn | None) -> Iterator[None]:
         yield
     finally:
         _PROGRESS.reset(token)
-
-
-def current_progress() -> ProgressFn | None:
-    """The hook :func:`progress_hook` set here, or ``None`` (for code that wraps it)."""
-    return _PROGRESS.get()
 
 
 class TrainingDiverged(FloatingPointError):
