@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import shlex
 import sys
 import typing
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table as RichTable
 
@@ -243,12 +245,23 @@ def _split_methods(text: str) -> tuple[str, ...]:
 
 
 def print_table(table: Any) -> None:
+    """The table at its full width where the output is a file or a pipe (a log keeps every cell
+    whole); in a terminal narrower than the table, cells fold onto a second line rather than being
+    cut short."""
     rt = RichTable(title=table.title, title_style="bold")
     for i, col in enumerate(table.columns):
-        rt.add_column(col, justify="left" if i == 0 else "right", no_wrap=True)
+        rt.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
     for row in table.rows:
         rt.add_row(*row)
-    out_console.print(rt)
+    width = out_console.width
+    if not out_console.is_terminal:
+        out_console.width = max(
+            width, Measurement.get(out_console, out_console.options.update(width=10_000), rt).maximum
+        )
+    try:
+        out_console.print(rt)
+    finally:
+        out_console.width = width
 
 
 def print_failures(records: list[dict[str, Any]]) -> None:
@@ -280,6 +293,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         precision=args.precision, batch=args.batch,
         thresholds=args.thresholds, task_options=task_options,
         rules=_split_methods(args.rule) if args.rule else None, save_weights=args.save_weights,
+        command=shlex.join(["initium", *args.argv]),
     )  # fmt: skip
     me = distributed.init()  # under torchrun: one copy of this command per rank
     try:
@@ -516,6 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {UnknownNameError(_unknown_task(task))}", soft_wrap=True)
         return 2
     args = build_parser(task).parse_args(argv)
+    args.argv = argv  # the command line, as the records keep it
     try:
         me = distributed.rank_info()
     except ValueError as exc:

@@ -13,13 +13,19 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 __all__ = [
-    "BANDS", "angle", "band_errors", "effective_dimensionality", "iou", "ntk_eigenvalues", "psnr", "psnr_from_mse",
-    "relative_l2", "ssim",
+    "BANDS", "PSNR_CEILING", "angle", "band_errors", "effective_dimensionality", "iou", "ntk_eigenvalues", "psnr",
+    "psnr_from_mse", "relative_l2", "ssim",
 ]  # fmt: skip
 
 # Radial frequency bands in cycles per pixel (Nyquist is 0.5): the thirds of [0, 0.5], the last
 # band also taking the corners beyond 0.5 along the diagonal.
 BANDS: dict[str, tuple[float, float]] = {"low": (0.0, 1 / 6), "mid": (1 / 6, 1 / 3), "high": (1 / 3, math.inf)}
+
+PSNR_CEILING = 60.0
+"""Where a PSNR (in dB, values in [0, 1]) of a picture stored in 8 bits stops meaning anything:
+rounding to 1/255 alone leaves 58.9 dB (a uniform error of 1/12 of a level squared), and a float32
+fit that memorises the pixels reads 100-140 dB of round-off. The PSNR tasks' :class:`MetricSpec`
+carry it as their ``ceiling``: the tables show such a value as "> 60 dB"."""
 
 
 def psnr_from_mse(mse: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:

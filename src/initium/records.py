@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -21,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "DEFAULT_RULE", "FINISHED_FIELDS", "LOGITS", "PLOT_KINDS", "RECORD_FIELDS", "RESULTS", "STEP_UNITS", "MetricSpec",
-    "PlotSpec", "identity", "latest", "load_results", "metric_series", "read_records", "shard_files", "shard_path",
-    "spec_of", "steps_to", "value_at",
+    "DEFAULT_RULE", "ELAPSED", "FINISHED_FIELDS", "LOGITS", "PLOT_KINDS", "RECORD_FIELDS", "RESULTS", "STEP_UNITS",
+    "MetricSpec", "PlotSpec", "cache_hit", "identity", "latest", "load_results", "metric_series", "past_ceiling",
+    "read_records", "seconds_to", "shard_files", "shard_path", "spec_of", "steps_to", "value_at",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ class PlotSpec:
     ``title`` is each panel's title, with ``{}`` standing for the panel's name (the layer, or what
     follows the prefix). ``log`` puts the values on a log axis (mean and band of log10). ``panels``
     fixes the panels' order for ``curves`` (their suffixes, e.g. ``("low", "mid", "high")``); by
-    default they are sorted, since ``results.jsonl`` stores curve keys sorted.
+    default they are sorted, since ``results.jsonl`` stores curve keys sorted. ``caption`` is what
+    the report prints under the figure: what is plotted and what to read from it (empty: a generic
+    line from the kind).
     """
 
     kind: str
@@ -72,6 +75,7 @@ class PlotSpec:
     ylabel: str = ""
     log: bool = False
     panels: tuple[str, ...] = ()
+    caption: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in PLOT_KINDS:
@@ -102,8 +106,11 @@ class MetricSpec:
     ``format`` prints it in the summary table; ``thresholds`` are the "steps to reach" columns and
     ``checkpoints`` the "metric at step" columns; ``summary_fields`` are more columns, ``(record
     field, format)``; ``step_unit`` is what one step of the curves is (``"epoch"`` for minibatch
-    tasks); ``cap`` caps the plots' axis (where past it the inits no longer differ); ``plots`` are
-    the task's figures beyond the metric.
+    tasks); ``cap`` caps the plots' axis (where past it the inits no longer differ); ``ceiling`` is
+    where the metric stops meaning anything (a PSNR past 60 dB is float32 round-off on a picture
+    stored in 8 bits): the tables show a value past it as ``> 60`` (``< ceiling`` for an error);
+    ``caption`` is a sentence saying what the metric measures, under the report's metric plot;
+    ``plots`` are the task's figures beyond the metric.
     """
 
     name: str
@@ -116,6 +123,8 @@ class MetricSpec:
     summary_fields: tuple[tuple[str, str], ...] = ()
     step_unit: str = "step"
     cap: float | None = None
+    ceiling: float | None = None
+    caption: str = ""
     plots: tuple[PlotSpec, ...] = ()
 
     def __post_init__(self) -> None:
@@ -129,6 +138,8 @@ class MetricSpec:
             raise ValueError(f"MetricSpec format must be a float format such as '.1f'; got {self.format!r}") from exc
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
         object.__setattr__(self, "checkpoints", tuple(int(c) for c in self.checkpoints))
+        if self.ceiling is not None and not math.isfinite(self.ceiling):
+            raise ValueError(f"MetricSpec ceiling must be a finite number or None, got {self.ceiling!r}")
         object.__setattr__(self, "summary_fields", tuple((str(k), str(f)) for k, f in self.summary_fields))
         plots = tuple(p if isinstance(p, PlotSpec) else PlotSpec.from_dict(p) for p in self.plots)
         if len({p.name for p in plots}) < len(plots):
@@ -191,6 +202,47 @@ def steps_to(
         if v is not None and (v >= threshold if higher_is_better else v <= threshold):
             return k
     return None
+
+
+def past_ceiling(spec: MetricSpec, value: float) -> bool:
+    """Whether ``value`` lies beyond the metric's :attr:`MetricSpec.ceiling` (above it, or below it
+    for an error), where differences are no longer measured but round-off."""
+    if spec.ceiling is None:
+        return False
+    return value > spec.ceiling if spec.higher_is_better else value < spec.ceiling
+
+
+ELAPSED = "elapsed_s"
+"""The curve key of the training seconds at each evaluation point (wall time since training
+started, less the time the evaluations took; a stacked group's time shared out over its runs)."""
+
+
+def cache_hit(rec: Mapping[str, Any]) -> bool:
+    """Whether the run's init was loaded from the init cache: a method reports ``{"cache": "hit"}``
+    in its ``info`` (``method_info``, nested per part for a composite such as ``rwf+noise``)."""
+
+    def hit(info: Any) -> bool:
+        if not isinstance(info, Mapping):
+            return False
+        return info.get("cache") == "hit" or any(hit(v) for v in info.values())
+
+    return hit(rec.get("method_info"))
+
+
+def seconds_to(rec: Mapping[str, Any], threshold: float) -> float | None:
+    """Wall seconds from the start of the run's init to the first evaluation point whose metric
+    reaches ``threshold``: the init's time (pretraining, or the cache load of a hit) plus the
+    training seconds at that point (:data:`ELAPSED`). ``None`` when it is never reached at an
+    evaluation point, or the record predates the elapsed times."""
+    curve = rec.get("curve", {})
+    elapsed, values = curve.get(ELAPSED), curve.get(rec.get("metric", ""))
+    if elapsed is None or values is None:
+        return None
+    better = rec.get("higher_is_better", True)
+    k = steps_to(values, threshold, steps=range(len(values)), higher_is_better=better)
+    if k is None or elapsed[k] is None:
+        return None
+    return float(rec.get("wall", {}).get("init_s", 0.0)) + float(elapsed[k])
 
 
 def metric_series(rec: Mapping[str, Any]) -> tuple[list[int], list[float | None]]:

@@ -11,7 +11,9 @@ a results folder reports the same after its task has changed or gone.
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 import logging
 import math
 from collections import defaultdict
@@ -26,7 +28,20 @@ from scipy import stats
 
 from ._io import atomic_write_text
 from .ensembles import draw_members, metrics
-from .records import DEFAULT_RULE, LOGITS, PlotSpec, load_results, metric_series, spec_of, steps_to, value_at
+from .records import (
+    DEFAULT_RULE,
+    LOGITS,
+    MetricSpec,
+    PlotSpec,
+    cache_hit,
+    load_results,
+    metric_series,
+    past_ceiling,
+    seconds_to,
+    spec_of,
+    steps_to,
+    value_at,
+)
 
 __all__ = ["PLOTTERS", "Table", "ensemble_table", "failures", "mean_ci", "summarize", "write_report"]
 
@@ -53,31 +68,68 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float]:
     return float(x.mean()), float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def _fmt(values: Sequence[float | None], spec: str, total: int) -> str:
-    """``mean ± half-width`` over the values that exist, each formatted with ``spec`` (``".1f"``)."""
+def _fmt(values: Sequence[float | None], spec: str, total: int, metric: MetricSpec | None = None) -> str:
+    """``mean ± half-width`` over the values that exist, each formatted with ``spec`` (``".1f"``).
+
+    With ``metric`` (values of that metric), values past its ceiling (:func:`past_ceiling`) are
+    only known to be past it: every one past it reads ``> ceiling`` (``< ceiling`` for an error);
+    some past it read ``> m``, ``m`` the mean with those taken at the ceiling (a bound, so no interval)."""
     got = [v for v in values if v is not None]
     if not got:
         return "—"
+    more = f" ({len(got)}/{total})" if len(got) < total else ""
+    past = [v for v in got if metric is not None and past_ceiling(metric, v)]
+    if metric is not None and metric.ceiling is not None and past:
+        sign = ">" if metric.higher_is_better else "<"
+        if len(past) == len(got):
+            return f"{sign} {metric.ceiling:g}" + more
+        bound = float(np.mean([metric.ceiling if v in past else v for v in got]))
+        return f"{sign} {bound:{spec}}" + more
     mean, half = mean_ci(got)
     text = f"{mean:{spec}}" + ("" if math.isnan(half) else f" ± {half:{spec}}")
-    return text + (f" ({len(got)}/{total})" if len(got) < total else "")
+    return text + more
+
+
+def _config_labels(records: list[dict[str, Any]]) -> dict[int, str]:
+    """Per record (by ``id``), the task options in which the folder's runs of its task differ
+    (``image=coins``), as a label prefix; empty where they all share one config."""
+    by_task: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_task[r["task"]].append(r)
+    labels: dict[int, str] = {}
+    for runs in by_task.values():
+        configs = [r.get("task_config") or {} for r in runs]
+        keys = sorted({k for c in configs for k in c})
+        differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+        for r, c in zip(runs, configs, strict=True):
+            labels[id(r)] = ",".join(f"{k}={c.get(k)}" for k in differ)
+    return labels
 
 
 def group(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Records by label: the method spec, prefixed with the architecture spec (and the task) when
-    the folder holds more than one, and with the learning rule when any run is not backprop
-    (``fa/fa-noise``)."""
+    the folder holds more than one, with the task options in which the runs differ (``image=coins``:
+    two images fitted into one folder), and with the learning rule when any run is not backprop
+    (``fa/fa-noise``); suffixed ``(cached)`` where every run's init was a cache hit (``(cached 2/3)``
+    where some were: :func:`initium.records.cache_hit`)."""
     tasks = {r["task"] for r in records}
     archs = {(r["task"], r.get("arch_spec", r["arch"])) for r in records}
     rules = {r.get("rule", DEFAULT_RULE) for r in records}
+    configs = _config_labels(records)
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         prefix = (f"{r['task']}/" if len(tasks) > 1 else "") + (
             f"{r.get('arch_spec', r['arch'])}/" if len(archs) > 1 else ""
         )
+        prefix += f"{configs[id(r)]}/" if configs[id(r)] else ""
         prefix += f"{r.get('rule', DEFAULT_RULE)}/" if rules != {DEFAULT_RULE} else ""
         groups[prefix + r["method"]].append(r)
-    return dict(groups)
+    labelled = {}
+    for label, runs in groups.items():
+        hits = sum(cache_hit(r) for r in runs)
+        mark = "" if not hits else " (cached)" if hits == len(runs) else f" (cached {hits}/{len(runs)})"
+        labelled[label + mark] = runs
+    return labelled
 
 
 def _thresholds(records: list[dict[str, Any]]) -> list[str]:
@@ -133,6 +185,8 @@ def summarize(records: list[dict[str, Any]]) -> Table:
     thresholds = _thresholds(ok)
     columns = ["method", "seeds"] + [f"{metric}@{c}" for c in checkpoints] + [f"{metric}@{steps}"]
     columns += [f"{spec.step_unit}s→{t}{unit}" for t in thresholds]
+    timed = [t for t in thresholds if any(seconds_to(r, float(t)) is not None for r in ok)]
+    columns += [f"s→{t}{unit}" for t in timed]  # wall seconds, init included (records with elapsed times)
     columns += [name for name, _ in spec.summary_fields] + ["init+train s"]
     any_failed = len(ok) < len(records)
     if any_failed:
@@ -147,11 +201,12 @@ def summarize(records: list[dict[str, Any]]) -> Table:
         series = [metric_series(r) for r in done]
         series = [([k for k in at if k <= steps], vals[: sum(k <= steps for k in at)]) for at, vals in series]
         row = [label, str(n) + ("" if n == len(runs) else f" ({len(runs) - n} failed)")]
-        row += [_fmt([value_at(at, v, k) for at, v in series], spec.format, n) for k in [*checkpoints, steps]]
+        row += [_fmt([value_at(at, v, k) for at, v in series], spec.format, n, spec) for k in [*checkpoints, steps]]
         row += [
             _fmt([steps_to(v, float(t), steps=at, higher_is_better=higher) for at, v in series], ".0f", n)
             for t in thresholds
         ]
+        row += [_fmt([seconds_to(r, float(t)) for r in done], ".1f", n) for t in timed]
         row += [_fmt([r.get(name) for r in done], fmt, n) for name, fmt in spec.summary_fields]
         init, train = (float(np.mean([r["wall"][k] for r in done])) for k in ("init_s", "train_s"))
         row.append(f"{init:.1f}+{train:.1f}")
@@ -352,29 +407,46 @@ def _declared_plots(records: list[dict[str, Any]]) -> list[PlotSpec]:
     return list(plots.values())
 
 
+def _shown_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose pictures the report shows for a method: its lowest seed (seed 0 by default)."""
+    return min(runs, key=lambda r: r.get("seed", 0))
+
+
+def _reference(out: Path, rec: dict[str, Any]) -> Path | None:
+    """The picture a run's snapshots are compared with: its own (``rec["reference"]``), else the
+    folder's single one (records from before one picture per task config)."""
+    path = out / rec["reference"] if isinstance(rec.get("reference"), str) else out / "reference.safetensors"
+    return path if path.exists() else None
+
+
 def plot_reconstructions(groups: dict[str, list[dict[str, Any]]], out: Path, path: Path) -> Path | None:
-    """Predictions of each method's first seed at the snapshot steps, beside the target."""
+    """Predictions of each method's lowest seed (:func:`_shown_run`) at the snapshot steps, beside
+    that run's target."""
     import matplotlib.pyplot as plt
 
-    snaps = {label: load_file(out / runs[0]["snapshots"]) for label, runs in groups.items() if "snapshots" in runs[0]}
+    shown = {label: _shown_run(runs) for label, runs in groups.items()}
+    snaps = {label: load_file(out / r["snapshots"]) for label, r in shown.items() if "snapshots" in r}
     if not snaps:
         return None
     steps = sorted({int(k[5:]) for s in snaps.values() for k in s}, key=int)
-    ref = out / "reference.safetensors"
-    cols = len(steps) + ref.exists()
+    refs = {label: _reference(out, shown[label]) for label in snaps}
+    cols = len(steps) + any(ref is not None for ref in refs.values())
     fig, axes = plt.subplots(
         len(snaps), cols, figsize=(2.2 * cols, 2.3 * len(snaps)), layout="constrained", squeeze=False
     )
     for row, (label, snap) in zip(axes, snaps.items(), strict=True):
         images = [(f"step {s}", snap.get(f"step_{s}")) for s in steps]
-        if ref.exists():
+        if (ref := refs[label]) is not None:
             images.append(("target", load_file(ref)["image"]))
-        for ax, (title, img) in zip(row, images, strict=True):
+        for ax, (title, img) in zip(row, images, strict=False):
             ax.set_axis_off()
             if img is not None:
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
                 ax.set_title(title, fontsize=8)
-        row[0].text(-0.08, 0.5, label, transform=row[0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
+        for ax in row[len(images) :]:
+            ax.set_axis_off()
+        name = f"{label}\nseed {shown[label].get('seed')}"
+        row[0].text(-0.08, 0.5, name, transform=row[0].transAxes, rotation=90, va="center", ha="right", fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -480,14 +552,147 @@ def plot_ensemble_severity(results: dict[str, dict[str, Any]], path: Path) -> Pa
     return path
 
 
-_CSS = "body{font-family:sans-serif;max-width:1100px;margin:auto}td,th{padding:2px 8px;border-bottom:1px solid #ddd}"
-_CSS += "img{max-width:100%}"
+_CSS = (
+    "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 12px;color:#222}"
+    "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child{text-align:left}"
+    "img{max-width:100%}figure{margin:24px 0}figcaption{font-size:14px;color:#444;max-width:900px}"
+    "pre{background:#f4f4f4;padding:6px 10px;white-space:pre-wrap;word-break:break-all;font-size:13px}"
+    ".note{font-size:14px;color:#444}.note li{margin:2px 0}"
+)
+
+
+def _png_uri(path: Path) -> str:
+    """The picture as a ``data:`` URI: the page carries its plots and stays whole when moved alone."""
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _metric_caption(spec: MetricSpec, thresholds: list[str], seeds: int) -> str:
+    """What the headline metric's plot shows, from the record's spec."""
+    name = spec.name + (f" ({spec.unit})" if spec.unit else "")
+    text = (
+        f"{name} against the {spec.step_unit}, one line per method: the mean over its seeds (up to {seeds}),"
+        f" shaded: the 95% t-interval. {'Higher' if spec.higher_is_better else 'Lower'} is better."
+    )
+    if spec.caption:
+        text += f" {spec.caption}"
+    if thresholds:
+        unit = f" {spec.unit}" if spec.unit else ""
+        text += f" Dotted lines: the thresholds ({', '.join(thresholds)}{unit}) of the table's → columns."
+    if spec.log_scale:
+        text += " Log axis."
+    if spec.cap is not None:
+        text += f" The axis stops at {spec.cap:g} at most: past it the inits no longer differ."
+    return text
+
+
+_KIND_CAPTIONS = {
+    "curves": "The curves {key}* against the {unit}, one panel each, one line per method (mean over seeds, shaded:"
+    " 95% t-interval).",
+    "layer_curves": "The curve {key} of each layer against the {unit}, one panel per layer, one line per method"
+    " (mean over seeds, shaded: 95% t-interval).",
+    "spectrum": "{key} after training against its index, log-log, one line per method (geometric mean over seeds,"
+    " shaded: 95% t-interval).",
+    "severity": "{key}: each measure (a row) against corruption severity (0: clean), one panel per condition and"
+    " their mean, one line per method (mean over seeds, shaded: 95% t-interval).",
+}
+
+
+def _plot_caption(plot: PlotSpec, step_unit: str) -> str:
+    return plot.caption or _KIND_CAPTIONS[plot.kind].format(key=plot.key, unit=step_unit)
+
+
+def _reconstructions_caption(groups: dict[str, list[dict[str, Any]]]) -> str:
+    seeds = sorted({_shown_run(runs).get("seed", 0) for runs in groups.values()})
+    which = f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(str(s) for s in seeds)
+    return (
+        f"What one run of each method predicts at the training inputs ({which}: each method's lowest seed;"
+        " the table and the curves average all seeds), at the snapshot steps, with the target on the right."
+    )
+
+
+def _table_notes(spec: MetricSpec, records: list[dict[str, Any]]) -> list[str]:
+    """How to read the summary table's columns (what the runner measured, in the spec's words)."""
+    unit, steps = (f" {spec.unit}" if spec.unit else ""), spec.step_unit
+    notes = [
+        f"{spec.name}@k: the {spec.name} at {steps} k; mean ± the half-width of the 95% t-interval over seeds,"
+        " with (m/n) where only m of n seeds have a value.",
+        f"{steps}s→T: the first {steps} at which the {spec.name} reaches T{unit}.",
+        "s→T: wall seconds from the start of the init to the first evaluation point at which the metric reaches"
+        f" T{unit}: the init's time (pretraining, or loading it from the cache on a hit) plus the training seconds"
+        " to that point (the evaluations' own time left out).",
+        "init+train s: mean wall seconds of the init and of the training (evaluations included).",
+    ]
+    if any(cache_hit(r) for r in records):
+        notes.append(
+            "(cached): the method's init was loaded from the init cache, computed by an earlier run with the same"
+            " architecture, inputs, seed and method config; its init time is the load's."
+        )
+    if spec.ceiling is not None:
+        sign = ">" if spec.higher_is_better else "<"
+        notes.append(
+            f"{sign} {spec.ceiling:g}{unit}: past its ceiling the metric measures round-off, not fit; a mean with"
+            f" some seeds past it reads {sign} (the mean with those seeds taken at the ceiling)."
+        )
+    return notes
+
+
+def _setting(records: list[dict[str, Any]]) -> str:
+    """The page's "how these results were made": the command lines and the task's settings."""
+    esc = html.escape
+    commands = list(dict.fromkeys(str(r["command"]) for r in records if r.get("command")))
+    parts = ["<h2>How these results were made</h2>"]
+    if commands:
+        parts.append("<p>Command line" + ("s" if len(commands) > 1 else "") + ":</p>")
+        parts += [f"<pre>{esc(c)}</pre>" for c in commands]
+    else:
+        parts.append("<p>The records predate recorded command lines.</p>")
+    settings: dict[str, dict[str, Any]] = {}
+    for r in records:
+        setting = {
+            "task": r["task"], "task config": r.get("task_config"), "architecture": r.get("arch_spec", r["arch"]),
+            "architecture config": r.get("arch_config"), "steps": f"{r.get('steps')} {r.get('step_unit', 'step')}s",
+            "learning rate": r.get("lr"), "evaluated every": r.get("eval_every") or "steps / 100",
+            "precision": r.get("precision"), "device": r.get("env", {}).get("device_name") or r.get("device"),
+        }  # fmt: skip
+        settings.setdefault(json.dumps(setting, sort_keys=True, default=str), setting)
+    for setting in settings.values():
+        rows = "".join(
+            f"<tr><td>{esc(k)}</td><td><code>{esc(v if isinstance(v, str) else json.dumps(v, default=str))}"
+            "</code></td></tr>"
+            for k, v in setting.items()
+        )
+        parts.append(f"<table>{rows}</table>")
+    return "".join(parts)
+
+
+def _methods(groups: dict[str, list[dict[str, Any]]]) -> str:
+    """Each method's spec, seeds, init time, cache hits and full config (its ``describe()``)."""
+    esc = html.escape
+    parts = ["<h2>Methods</h2>"]
+    for label, runs in groups.items():
+        r = runs[0]
+        seeds = ", ".join(str(x.get("seed")) for x in runs)
+        hits = sum(cache_hit(x) for x in runs)
+        init = float(np.mean([x["wall"]["init_s"] for x in runs if "wall" in x] or [math.nan]))
+        facts = f"seeds {seeds}; learning rule {r.get('rule', DEFAULT_RULE)}; init {init:.2f} s on average"
+        facts += f"; init loaded from the cache in {hits} of {len(runs)} runs" if hits else ""
+        config = json.dumps(r.get("method_config"), indent=1, default=str)
+        parts.append(
+            f"<h3>{esc(label)}</h3><p class=note><code>{esc(str(r['method']))}</code>: {esc(facts)}</p>"
+            f"<pre>{esc(config)}</pre>"
+        )
+    return "".join(parts)
 
 
 def write_report(out: str | Path, *, ensemble_size: int = 5, ensemble_draws: int = 10) -> dict[str, Path]:
     """Write ``summary.md``, ``plots/*.png`` and ``report.html`` for the results in ``out``; where
     the records keep test logits, also the ensembles' table (:func:`ensemble_results`, members of
-    ``ensemble_size``, ``ensemble_draws`` draws) and their severity plot."""
+    ``ensemble_size``, ``ensemble_draws`` draws) and their severity plot.
+
+    ``report.html`` is one self-contained page (its plots embedded as ``data:`` URIs): the command
+    lines that made the results, the task, architecture and training settings, every method's full
+    config, the summary table with notes on its columns, and each figure with a caption saying what
+    it shows (the metric's and the declared plots' from the records' specs)."""
     if ensemble_size < 1 or ensemble_draws < 1:
         raise ValueError(f"ensemble size and draws must be >= 1, got {ensemble_size} and {ensemble_draws}")
     import matplotlib
@@ -502,10 +707,14 @@ def write_report(out: str | Path, *, ensemble_size: int = 5, ensemble_draws: int
     groups = {k: v for k, v in groups.items() if v}
     (out / "plots").mkdir(exist_ok=True)
     files: dict[str, Path] = {}
-    if groups:
+    captions: dict[str, str] = {}
+    ok = [r for runs in groups.values() for r in runs]
+    spec = spec_of(ok[0]) if ok else None
+    if groups and spec is not None:
         files["metric"] = plot_metric(groups, out / "plots" / f"{records[0]['metric']}.png")
-        ok = [r for runs in groups.values() for r in runs]
-        unit = spec_of(ok[0]).step_unit
+        seeds = max(len(runs) for runs in groups.values())
+        captions["metric"] = _metric_caption(spec, _thresholds(ok), seeds)
+        unit = spec.step_unit
         taken = {"metric", "reconstructions", "summary", "html", records[0]["metric"]}
         for plot in _declared_plots(ok):
             if plot.name in taken:  # its file would overwrite another
@@ -513,36 +722,49 @@ def write_report(out: str | Path, *, ensemble_size: int = 5, ensemble_draws: int
                 continue
             if (made := PLOTTERS[plot.kind](groups, plot, unit, out / "plots" / f"{plot.name}.png")) is not None:
                 files[plot.name] = made
+                captions[plot.name] = _plot_caption(plot, unit)
         if (made := plot_reconstructions(groups, out, out / "plots" / "reconstructions.png")) is not None:
             files["reconstructions"] = made
+            captions["reconstructions"] = _reconstructions_caption(groups)
     tables = [table]
     if groups and (ens := ensemble_results(groups, out, k=ensemble_size, draws=ensemble_draws)):
         tables.append(ensemble_table(ens))
         if any(len(res["by_severity"]) > 1 for res in ens.values()):
             name = "ensemble_severity" if "ensemble_severity" not in files else "ensembles_vs_severity"
             files[name] = plot_ensemble_severity(ens, out / "plots" / f"{name}.png")
+            captions[name] = (
+                "Ensemble accuracy and expected calibration error (ECE) against corruption severity (0: the clean"
+                " test set; above: the mean over the corruptions), one line per method: the mean over the draws"
+                " of ensemble members, shaded: 95% t-interval. Higher accuracy and lower ECE are better."
+            )
     env = records[-1].get("env", {})
     env_line = ", ".join(f"{k} {v}" for k, v in env.items())
-    images = "\n".join(f"![{k}](plots/{p.name})" for k, p in files.items())
-    md = f"# {table.title}\n\n{table.markdown()}\n\n"
+    commands = list(dict.fromkeys(str(r["command"]) for r in records if r.get("command")))
+    images = "\n".join(f"![{k}](plots/{p.name})\n\n{captions.get(k, '')}\n" for k, p in files.items())
+    md = f"# {table.title}\n\n" + "".join(f"    {c}\n" for c in commands) + ("\n" if commands else "")
+    md += f"{table.markdown()}\n\n"
     md += "".join(f"## {t.title}\n\n{t.markdown()}\n\n" for t in tables[1:])
     md += f"{images}\n\nEnvironment: {env_line}\n"
     files["summary"] = atomic_write_text(out / "summary.md", md)
+    esc = html.escape
     html_tables = ""
     for t in tables:
-        cells = "".join(f"<th>{html.escape(c)}</th>" for c in t.columns)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in t.rows)
-        head = "" if t is table else f"<h2>{html.escape(t.title)}</h2>"
+        cells = "".join(f"<th>{esc(c)}</th>" for c in t.columns)
+        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in t.rows)
+        head = "" if t is table else f"<h2>{esc(t.title)}</h2>"
         html_tables += f"{head}<table><tr>{cells}</tr>{body}</table>"
+        if t is table and spec is not None:
+            html_tables += "<ul class=note>" + "".join(f"<li>{esc(n)}</li>" for n in _table_notes(spec, ok)) + "</ul>"
     figs = "".join(
-        f'<figure><img src="plots/{p.name}"><figcaption>{k}</figcaption></figure>'
+        f'<figure><img src="{_png_uri(p)}" alt="{esc(k)}"><figcaption><b>{esc(k)}.</b> '
+        f"{esc(captions.get(k, ''))}</figcaption></figure>"
         for k, p in files.items()
         if p.suffix == ".png"
     )
     page = (
         f"<!doctype html><meta charset=utf-8><title>initium report</title><style>{_CSS}</style>"
-        f"<h1>{html.escape(table.title)}</h1>{html_tables}"
-        f"{figs}<p>{html.escape(env_line)}</p>"
+        f"<h1>{esc(table.title)}</h1>{_setting(records)}<h2>Results</h2>{html_tables}{figs}"
+        f"{_methods(group(records))}<h2>Environment</h2><p class=note>{esc(env_line)}</p>"
     )
     files["html"] = atomic_write_text(out / "report.html", page)
     return files

@@ -14,6 +14,7 @@ any moment, so a report, or a rerun after a crash, sees what a one-process sweep
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -21,9 +22,11 @@ import logging
 import math
 import platform
 import re
+import shlex
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from .memory import check_fits
 from .methods import DEFAULT_RULE, RULES, LearningRule, create
 from .precision import resolve_precision
 from .records import (
+    ELAPSED,
     RESULTS,
     identity,
     latest,
@@ -83,6 +87,9 @@ class RunConfig:
     task_options: dict[str, Any] = field(default_factory=dict)
     rules: tuple[str, ...] | None = None
     save_weights: bool = False  # each finished run's trained weights in OUT/weights/ (a model zoo reads them)
+    # the command line that made the sweep, in every record (the CLI gives ``initium run ...``); None:
+    # this process's own (sys.argv)
+    command: str | None = None
 
 
 def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
@@ -278,17 +285,22 @@ def _run(cfg: RunConfig, me: distributed.Rank, progress: ProgressFn | None) -> l
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     sweep = [(spec, rule, seed) for spec, rule in zip(cfg.methods, rules, strict=True) for seed in cfg.seeds]
+    reference = task.reference()
+    # one picture per task config: sweeps of two images can share a folder (the report pairs each
+    # run's snapshots with its own target)
+    ref_path = f"references/{_digest(task.name, task.describe())}.safetensors" if reference is not None else None
     if me.is_main:
         if not me.is_distributed:  # shards a killed torchrun sweep left: fold them in before appending
             _merge(out, sweep)
-        if (reference := task.reference()) is not None:
-            atomic_write_bytes(out / "reference.safetensors", tensors_to_bytes({"image": reference}))
+        if reference is not None and ref_path is not None:
+            atomic_write_bytes(out / ref_path, tensors_to_bytes({"image": reference}))
     done = {identity(r) for r in load_results(out) if r.get("status") == "ok"}  # failed runs are tried again
     distributed.barrier()  # every rank has read what is done before any rank appends
     evals = eval_steps(steps, cfg.eval_every, task.metric.checkpoints)
     snap_steps = [c for c in task.snapshot_steps if c < steps] + [steps]
     evals = sorted(set(evals) | set(snap_steps))
-    plan = _Plan(cfg, task, arch, arch_kwargs, device, steps, prec, evals, snap_steps, out, progress)
+    command = cfg.command if cfg.command is not None else shlex.join(sys.argv)
+    plan = _Plan(cfg, task, arch, arch_kwargs, device, steps, prec, evals, snap_steps, out, progress, command, ref_path)
     dest = shard_path(out, me.rank) if me.is_distributed else out / RESULTS
 
     mine = distributed.shard(sweep, me)
@@ -347,6 +359,38 @@ class _Plan:
     snap_steps: list[int]
     out: Path
     progress: ProgressFn | None
+    command: str
+    reference: str | None  # the task's picture, relative to out
+
+
+class _Clock:
+    """Training seconds for the curve's :data:`~initium.records.ELAPSED`: wall time since
+    :meth:`start`, less the time spent in evaluations (:meth:`evaluating`), divided by the runs
+    trained together (a stacked group's time shared out, as its ``train_s`` is)."""
+
+    def __init__(self, device: torch.device, runs: int = 1) -> None:
+        self.device, self.runs = device, runs
+        self.t0, self.paused = time.perf_counter(), 0.0
+
+    def start(self) -> None:
+        self.t0, self.paused = time.perf_counter(), 0.0
+
+    def now(self) -> float:
+        sync(self.device)  # the step's queued kernels are part of the step
+        return (time.perf_counter() - self.t0 - self.paused) / self.runs
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync(self.device)
+            self.paused += time.perf_counter() - t
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -442,19 +486,21 @@ def _start(plan: _Plan, spec: str, rule: str, seed: int, done: set[str]) -> _Run
     return r
 
 
-def _on_eval(plan: _Plan, r: _Run) -> Callable[[int, torch.Tensor], None]:
+def _on_eval(plan: _Plan, r: _Run, clock: _Clock) -> Callable[[int, torch.Tensor], None]:
     task = plan.task
 
     def on_eval(step: int, pred: torch.Tensor) -> None:
         r.curve["step"].append(step)
-        with torch.no_grad():
-            values = task.evaluate(pred) | task.evaluate_model(r.model)
-        if task.probe is not None:  # the learning rule's own measures (FA's angles need autograd)
-            values |= r.rule.measure(r.model, *task.probe)
-        for name, value in values.items():
-            r.curve.setdefault(name, []).append(value if math.isfinite(value) else None)
-        if step in plan.snap_steps and (img := task.snapshot(pred)) is not None:
-            r.snaps[f"step_{step}"] = img
+        r.curve.setdefault(ELAPSED, []).append(round(clock.now(), 4))
+        with clock.evaluating():
+            with torch.no_grad():
+                values = task.evaluate(pred) | task.evaluate_model(r.model)
+            if task.probe is not None:  # the learning rule's own measures (FA's angles need autograd)
+                values |= r.rule.measure(r.model, *task.probe)
+            for name, value in values.items():
+                r.curve.setdefault(name, []).append(value if math.isfinite(value) else None)
+            if step in plan.snap_steps and (img := task.snapshot(pred)) is not None:
+                r.snaps[f"step_{step}"] = img
 
     return on_eval
 
@@ -475,9 +521,10 @@ def _train(plan: _Plan, r: _Run) -> None:
     with progress_hook(_reporter(plan, _label(r))):
         sync(plan.device)
         t0 = time.perf_counter()
+        clock = _Clock(plan.device)
         try:
             r.history = plan.task.fit(
-                r.model, steps=plan.steps, lr=r.rec["lr"], evaluate_at=plan.evals, on_eval=_on_eval(plan, r),
+                r.model, steps=plan.steps, lr=r.rec["lr"], evaluate_at=plan.evals, on_eval=_on_eval(plan, r, clock),
                 compile=plan.cfg.compile, precision=plan.precision,
             )  # fmt: skip
             r.rec["analysis"] = _analyse(plan.task, r)
@@ -496,10 +543,11 @@ def _train_group(plan: _Plan, group: list[_Run]) -> None:
     with progress_hook(_reporter(plan, f"{len(group)} runs stacked", runs=len(group))):
         sync(plan.device)
         t0 = time.perf_counter()
+        clock = _Clock(plan.device, runs=len(group))
         try:
             history = plan.task.fit_batched(
                 [r.model for r in group], steps=plan.steps, lr=group[0].rec["lr"], evaluate_at=plan.evals,
-                on_eval=[_on_eval(plan, r) for r in group], compile=plan.cfg.compile, precision=plan.precision,
+                on_eval=[_on_eval(plan, r, clock) for r in group], compile=plan.cfg.compile, precision=plan.precision,
             )  # fmt: skip
         except Exception as exc:  # one run's failure must not end the others: each is tried on its own
             what = f"diverged at step {exc.step}" if isinstance(exc, TrainingDiverged) else f"failed ({exc!r})"
@@ -539,7 +587,10 @@ def _finish(plan: _Plan, r: _Run) -> dict[str, Any]:
         wall={"init_s": r.init_s, "train_s": r.train_s},
         method_info=r.method.info,
         env=environment(plan.device),
+        command=plan.command,
     )
+    if plan.reference is not None:
+        rec["reference"] = plan.reference
     rec.setdefault("analysis", {})
     extra = task.summarize_run(r.curve)
     if clash := sorted(extra.keys() & rec.keys()):

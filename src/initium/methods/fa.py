@@ -514,7 +514,14 @@ class FeedbackRule(LearningRule):
         self.mode = mode
         self.name = mode.name
         # W-B and update-vs-backprop angles per layer, one panel each (backprop has neither)
-        angles = (PlotSpec("layer_curves", "wb_angle"), PlotSpec("layer_curves", "update_angle"))
+        angles = (
+            PlotSpec("layer_curves", "wb_angle", caption="Angle in degrees between each layer's forward weights W"
+                     " and its feedback matrix B against training time: 90 for an unrelated B, falling as W comes"
+                     " to align with B (how feedback alignment learns)."),
+            PlotSpec("layer_curves", "update_angle", caption="Angle in degrees between each layer's weight"
+                     " update under the learning rule and backprop's on the task's probe batch: below 90 the"
+                     " update still descends the loss; the last layer's is 0 (it gets the true error)."),
+        )  # fmt: skip
         self.plots = () if mode.backprop else angles
 
     def __call__(self, model: nn.Module, *, seed: int = 0) -> nn.Module:

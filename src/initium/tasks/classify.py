@@ -165,7 +165,10 @@ class Classify(Task):
     metric = MetricSpec(
         "test_acc", format=".3f", thresholds=(0.9,), checkpoints=(1, 5), step_unit="epoch",
         # accuracy and calibration against corruption severity (analysis["corruptions"])
-        plots=(PlotSpec("severity", "corruptions", title="{} vs severity", ylabel="{}"),),
+        plots=(PlotSpec("severity", "corruptions", title="{} vs severity", ylabel="{}",
+                        caption="Test accuracy (top, higher is better) and expected calibration error (bottom,"
+                        " lower is better) of the trained models on corrupted test sets, against the corruption's"
+                        " severity (0: the clean set), one panel per corruption and their mean."),),
     )  # fmt: skip
     default_arch = "classifier-mlp"
 

@@ -13,7 +13,7 @@ from skimage.transform import resize
 from torch import nn
 
 from ..memory import MemoryEstimate, step_bytes
-from ..metrics import psnr, ssim
+from ..metrics import PSNR_CEILING, psnr, ssim
 from ..nn import ARCHS
 from ..records import MetricSpec
 from ._base import TASKS, Task, grid
@@ -59,7 +59,10 @@ class CT(Task):
     sinogram; the metric is the PSNR of the image against the phantom."""
 
     name = "ct"
-    metric = MetricSpec("psnr", unit="dB", thresholds=(20.0, 25.0), checkpoints=(500, 1000))
+    metric = MetricSpec(
+        "psnr", unit="dB", thresholds=(20.0, 25.0), checkpoints=(500, 1000), ceiling=PSNR_CEILING,
+        caption="PSNR of the network's image against the phantom (not against the sinogram it is fitted to).",
+    )  # fmt: skip
     default_arch = "fourier"
     snapshot_steps = (100, 500)
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..memory import MemoryEstimate
-from ..metrics import psnr, psnr_from_mse, ssim
+from ..metrics import PSNR_CEILING, psnr, psnr_from_mse, ssim
 from ..nn import ARCHS
 from ..records import MetricSpec
 from ._base import TASKS, Task
@@ -100,6 +100,9 @@ class _DIPTask(Task):
     metric: ClassVar[MetricSpec] = MetricSpec(
         "psnr", unit="dB", checkpoints=(100, 500, 1000, 2000),
         summary_fields=(("peak_psnr", ".2f"), ("peak_step", ".0f")),  # summarize_run()'s fields
+        ceiling=PSNR_CEILING,
+        caption="PSNR of the restoration (the averaged output) against the clean image, which the net never"
+        " sees: it rises to a peak, then falls as the net goes on to fit the degradation.",
     )  # fmt: skip
     default_arch: ClassVar[str] = "dip"
     snapshot_steps: ClassVar[tuple[int, ...]] = (100, 500, 1000)

@@ -44,7 +44,10 @@ class Regress1D(Task):
         checkpoints=(1000, 3000),
         # analyse()'s eigenvalues: a flatter spectrum is a better-conditioned kernel
         plots=(PlotSpec("spectrum", "ntk_eigenvalues", name="ntk", title="empirical NTK after training",
-                        ylabel="eigenvalue", log=True),),
+                        ylabel="eigenvalue", log=True,
+                        caption="Eigenvalues of the empirical neural tangent kernel of the trained model on the"
+                        " training points, largest first (log-log). A flatter spectrum is a better-conditioned"
+                        " kernel: gradient descent fits every direction at a more even speed."),),
     )  # fmt: skip
     default_arch = "mlp(hidden=128,layers=3)"
 
