@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import initium.report
-from initium.records import MetricSpec, PlotSpec, load_results, spec_of
+from initium.records import MetricSpec, PlotSpec, load_results, seconds_to, spec_of
 from initium.report import mean_ci, summarize, write_report
 from initium.runner import RunConfig, run
 from initium.tasks import TASKS
@@ -113,12 +113,13 @@ def test_report_works_with_the_task_registry_emptied(folder, monkeypatch):
     assert "image-fit" not in TASKS and not TASKS.names()
     records = load_results(folder)
     table = summarize(records)
-    assert table.columns == ["method", "seeds", "psnr@100", "psnr@120", "steps→5 dB", "init+train s"]
+    assert table.columns == ["method", "seeds", "psnr@100", "psnr@120", "steps→5 dB", "s→5 dB", "init+train s"]
     (row,) = table.rows
     assert row[:2] == ["default", "2"]
     assert row[2] == _cell([r["at_step"]["100"] for r in records], ".1f")
     assert row[3] == _cell([r["at_step"]["final"] for r in records], ".1f")
     assert row[4] == _cell([r["steps_to"]["5"] for r in records], ".0f")
+    assert row[5] == _cell([seconds_to(r, 5.0) for r in records], ".1f")
     assert table.title == "image-fit · siren(hidden=16) · 120 steps · mean ± 95% CI over seeds"
     files = write_report(folder)
     assert {k: p.name for k, p in files.items() if p.suffix == ".png"} == {
@@ -147,7 +148,7 @@ def test_old_style_record_still_summarizes(folder, tmp_path, monkeypatch):
     spec = spec_of(records[0])
     assert spec == MetricSpec("psnr", format=".3g", thresholds=(5.0,), checkpoints=(100,))
     table = summarize(records)
-    assert table.columns == ["method", "seeds", "psnr@100", "psnr@120", "steps→5", "init+train s"]
+    assert table.columns == ["method", "seeds", "psnr@100", "psnr@120", "steps→5", "s→5", "init+train s"]
     assert table.rows[0][2] == _cell([r["at_step"]["100"] for r in records], ".3g")
     tmp_path = Path(shutil.copytree(folder, tmp_path / "copy"))
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))

@@ -734,7 +734,7 @@ def write_report(out: str | Path, *, ensemble_size: int = 5, ensemble_draws: int
             files[name] = plot_ensemble_severity(ens, out / "plots" / f"{name}.png")
             captions[name] = (
                 "Ensemble accuracy and expected calibration error (ECE) against corruption severity (0: the clean"
-                " test set; above: the mean over the corruptions), one line per method: the mean over the draws"
+                " test set; above: the mean over the corrupted sets), one line per method: the mean over the draws"
                 " of ensemble members, shaded: 95% t-interval. Higher accuracy and lower ECE are better."
             )
     env = records[-1].get("env", {})
