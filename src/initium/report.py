@@ -1,8 +1,11 @@
 """Results -> summary table, plots (PNG) and a report page.
 
 ``summarize`` gives the table the CLI prints and ``summary.md`` holds: for each method, the
-headline metric at the task's checkpoints and at the end, and the steps to reach each threshold,
-as mean +- the half-width of a 95% t-interval over seeds.
+headline metric at the task's checkpoints and at the end, the steps and the wall seconds (init
+included) to reach each threshold, as mean +- the half-width of a 95% t-interval over seeds; a
+method whose init came from the cache is marked ``(cached)``. ``report.html`` is one
+self-contained page: the table, every figure embedded with its caption, the command lines, the
+task's settings and each method's full config.
 
 Everything is read off the records: each carries its :class:`~initium.records.MetricSpec` (unit,
 checkpoints, columns, the plots to draw), so the report knows no task, method or curve by name and
@@ -166,7 +169,11 @@ def summarize(records: list[dict[str, Any]]) -> Table:
     """The summary table over seeds (see the module docstring). Checkpoint values and steps to
     each threshold are read off every record's metric series (every step, or the evaluation steps
     where the loss does not give the metric), so records run with other
-    ``--thresholds`` or before a checkpoint was added still line up. Where a run did not finish,
+    ``--thresholds`` or before a checkpoint was added still line up. The ``s→T`` columns are the wall
+    seconds to each threshold counting the init (:func:`initium.records.seconds_to`: the init's
+    time, pretraining or a cache hit's load, plus the training seconds at the first evaluation
+    point reaching it), for records that carry elapsed times; metric values past the spec's
+    ``ceiling`` read as a bound (``> 60``). Where a run did not finish,
     a last ``status`` column says what became of it (diverged or failed, in init or training, at
     which step); where none did, the table lists each method's status alone."""
     ok = [r for r in records if r.get("status") == "ok"]
@@ -554,7 +561,8 @@ def plot_ensemble_severity(results: dict[str, dict[str, Any]], path: Path) -> Pa
 
 _CSS = (
     "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 12px;color:#222}"
-    "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}td:first-child,th:first-child{text-align:left}"
+    "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
+    "td:first-child,th:first-child,td.l{text-align:left}"
     "img{max-width:100%}figure{margin:24px 0}figcaption{font-size:14px;color:#444;max-width:900px}"
     "pre{background:#f4f4f4;padding:6px 10px;white-space:pre-wrap;word-break:break-all;font-size:13px}"
     ".note{font-size:14px;color:#444}.note li{margin:2px 0}"
@@ -655,13 +663,13 @@ def _setting(records: list[dict[str, Any]]) -> str:
             "precision": r.get("precision"), "device": r.get("env", {}).get("device_name") or r.get("device"),
         }  # fmt: skip
         settings.setdefault(json.dumps(setting, sort_keys=True, default=str), setting)
-    for setting in settings.values():
-        rows = "".join(
-            f"<tr><td>{esc(k)}</td><td><code>{esc(v if isinstance(v, str) else json.dumps(v, default=str))}"
-            "</code></td></tr>"
-            for k, v in setting.items()
-        )
-        parts.append(f"<table>{rows}</table>")
+    columns = list(settings.values())  # one column per setting the folder's runs were made with
+
+    def cell(v: Any) -> str:
+        return f"<td class=l><code>{esc(v if isinstance(v, str) else json.dumps(v, default=str))}</code></td>"
+
+    rows = "".join(f"<tr><td>{esc(k)}</td>{''.join(cell(c[k]) for c in columns)}</tr>" for k in columns[0])
+    parts.append(f"<table>{rows}</table>")
     return "".join(parts)
 
 
