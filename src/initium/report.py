@@ -562,7 +562,7 @@ def plot_ensemble_severity(results: dict[str, dict[str, Any]], path: Path) -> Pa
 _CSS = (
     "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 12px;color:#222}"
     "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
-    "td:first-child,th:first-child,td.l{text-align:left}"
+    "td:first-child,th:first-child,td.l{text-align:left}td.l{white-space:normal;overflow-wrap:anywhere}"
     "img{max-width:100%}figure{margin:24px 0}figcaption{font-size:14px;color:#444;max-width:900px}"
     "pre{background:#f4f4f4;padding:6px 10px;white-space:pre-wrap;word-break:break-all;font-size:13px}"
     ".note{font-size:14px;color:#444}.note li{margin:2px 0}"
@@ -684,7 +684,9 @@ def _methods(groups: dict[str, list[dict[str, Any]]]) -> str:
         init = float(np.mean([x["wall"]["init_s"] for x in runs if "wall" in x] or [math.nan]))
         facts = f"seeds {seeds}; learning rule {r.get('rule', DEFAULT_RULE)}; init {init:.2f} s on average"
         facts += f"; init loaded from the cache in {hits} of {len(runs)} runs" if hits else ""
-        config = json.dumps(r.get("method_config"), indent=1, default=str)
+        configs = r.get("method_config")  # one dict per part of the spec (rwf+noise: two)
+        configs = configs if isinstance(configs, list) else [configs]
+        config = "\n".join(json.dumps(c, default=str) for c in configs)
         parts.append(
             f"<h3>{esc(label)}</h3><p class=note><code>{esc(str(r['method']))}</code>: {esc(facts)}</p>"
             f"<pre>{esc(config)}</pre>"
