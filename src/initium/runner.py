@@ -3,7 +3,10 @@
 Everything that can be wrong with a run (names, options, shapes, data, cache folder) is checked
 before the first training step. Each finished run's record is appended to ``results.jsonl`` as
 one fsync'd line, so a killed sweep loses at most the runs in progress; runs already recorded with
-the same settings are skipped, so it resumes where it stopped.
+the same settings are skipped, so it resumes where it stopped. Each record carries the command
+line that made it, the init's seconds (a cache hit's load) and, at every evaluation point, the
+training seconds so far (:data:`initium.records.ELAPSED`), from which the report reads the wall
+time to each threshold counting the init.
 
 Under ``torchrun --nproc_per_node K`` the sweep's runs are dealt out over the K ranks
 (:func:`initium.distributed.shard`); each rank appends to its own ``results.rank{R}.jsonl`` (no two
@@ -364,15 +367,12 @@ class _Plan:
 
 
 class _Clock:
-    """Training seconds for the curve's :data:`~initium.records.ELAPSED`: wall time since
-    :meth:`start`, less the time spent in evaluations (:meth:`evaluating`), divided by the runs
-    trained together (a stacked group's time shared out, as its ``train_s`` is)."""
+    """Training seconds for the curve's :data:`~initium.records.ELAPSED`: wall time since the clock
+    was made (as training starts), less the time spent in evaluations (:meth:`evaluating`), divided
+    by the runs trained together (a stacked group's time shared out, as its ``train_s`` is)."""
 
     def __init__(self, device: torch.device, runs: int = 1) -> None:
         self.device, self.runs = device, runs
-        self.t0, self.paused = time.perf_counter(), 0.0
-
-    def start(self) -> None:
         self.t0, self.paused = time.perf_counter(), 0.0
 
     def now(self) -> float:
