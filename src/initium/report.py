@@ -561,7 +561,8 @@ def plot_ensemble_severity(results: dict[str, dict[str, Any]], path: Path) -> Pa
 
 _CSS = (
     "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:0 12px;color:#222}"
-    "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}"
+    "table{font-size:14px;border-collapse:collapse}.scroll{overflow-x:auto}"
+    "td,th{padding:2px 6px;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}th{white-space:normal}"
     "td:first-child,th:first-child,td.l{text-align:left}td.l{white-space:normal;overflow-wrap:anywhere}"
     "img{max-width:100%}figure{margin:24px 0}figcaption{font-size:14px;color:#444;max-width:900px}"
     "pre{background:#f4f4f4;padding:6px 10px;white-space:pre-wrap;word-break:break-all;font-size:13px}"
@@ -684,6 +685,7 @@ def _methods(groups: dict[str, list[dict[str, Any]]]) -> str:
         init = float(np.mean([x["wall"]["init_s"] for x in runs if "wall" in x] or [math.nan]))
         facts = f"seeds {seeds}; learning rule {r.get('rule', DEFAULT_RULE)}; init {init:.2f} s on average"
         facts += f"; init loaded from the cache in {hits} of {len(runs)} runs" if hits else ""
+        facts += f"; the config of seed {r.get('seed')}'s run (a method draws from its run's seed)"
         configs = r.get("method_config")  # one dict per part of the spec (rwf+noise: two)
         configs = configs if isinstance(configs, list) else [configs]
         config = "\n".join(json.dumps(c, default=str) for c in configs)
@@ -762,7 +764,7 @@ def write_report(out: str | Path, *, ensemble_size: int = 5, ensemble_draws: int
         cells = "".join(f"<th>{esc(c)}</th>" for c in t.columns)
         body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in t.rows)
         head = "" if t is table else f"<h2>{esc(t.title)}</h2>"
-        html_tables += f"{head}<table><tr>{cells}</tr>{body}</table>"
+        html_tables += f"{head}<div class=scroll><table><tr>{cells}</tr>{body}</table></div>"
         if t is table and spec is not None:
             html_tables += "<ul class=note>" + "".join(f"<li>{esc(n)}</li>" for n in _table_notes(spec, ok)) + "</ul>"
     figs = "".join(
