@@ -157,10 +157,15 @@ class Graph:
         preds = self.predecessors()
         width = max(len(n.name) for n in self.nodes)
         for i, node in enumerate(self.nodes):
-            shapes = ", ".join(f"{p.rsplit('.', 1)[-1]} {'x'.join(map(str, s)) or 'scalar'}" for p, s in node.params)
+            shapes = ", ".join(f"{_short(p, node.name)} {'x'.join(map(str, s)) or 'scalar'}" for p, s in node.params)
             inputs = ",".join(map(str, preds[i]))
             lines.append(f"{i:>4}  {node.op:<11} {node.name:<{width}}  {shapes:<34} <- {inputs}".rstrip(" <-"))
         return "\n".join(lines)
+
+
+def _short(param: str, node: str) -> str:
+    """A parameter's name relative to its node's module (``weight``, ``out_proj.weight``)."""
+    return param[len(node) + 1 :] if param.startswith(node + ".") else param
 
 
 def _check_cutoff(cutoff: int) -> int:
@@ -354,7 +359,8 @@ class _Params:
     def describe_use(self, params: list[int], how: str) -> tuple[str, str]:
         prefix, kind = self.owner(params[0])
         names = ", ".join(repr(self.names[i]) for i in params)
-        return f"module {prefix or '(the model itself)'!r} ({kind}): parameter {names} used by {how}", prefix
+        where = f"module {prefix!r} ({kind})" if prefix else f"the model itself ({kind})"
+        return f"{where}: parameter {names} used by {how}", prefix
 
 
 def _is_leaf(m: nn.Module, name: str) -> bool:
@@ -363,7 +369,12 @@ def _is_leaf(m: nn.Module, name: str) -> bool:
     through, op by op."""
     if _module_op(m) is not None:
         return True
-    return fx.Tracer().is_leaf_module(m, name) and next(m.children(), None) is None
+    return _default_tracer().is_leaf_module(m, name) and next(m.children(), None) is None
+
+
+@functools.cache
+def _default_tracer() -> fx.Tracer:
+    return fx.Tracer()
 
 
 class _Tracer(fx.Tracer):
@@ -599,7 +610,7 @@ def _autograd_raw(model: nn.Module, x: torch.Tensor, params: _Params) -> list[_R
             if fn not in call.inputs:  # an identity (Dropout in eval, Identity) folds nothing
                 owner.setdefault(fn, c)
 
-    data_memo: dict[Any, bool] = {}
+    data_memo: dict[Any, bool] = dict.fromkeys(owner, True)  # a module's output is data, as in a trace
 
     def is_data(fn: Any) -> bool:
         """Whether ``fn`` depends on the input (else only on parameters)."""
