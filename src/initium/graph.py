@@ -54,7 +54,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-__all__ = ["OPS", "Graph", "GraphError", "Node", "build", "plot"]
+__all__ = ["OPS", "Graph", "GraphError", "Node", "arch_example", "build", "plot"]
 
 log = logging.getLogger(__name__)
 
@@ -803,6 +803,50 @@ def build(model: nn.Module, example_input: torch.Tensor, *, strict: bool = True,
 
 # ---------------------------------------------------------------------------------------------
 
+DIGITS_SHAPE = (1, 8, 8)  # what the classify task gives models on its default dataset (digits)
+
+
+def arch_example(
+    spec: str, input_shape: tuple[int, ...] | None = None, *, batch: int = 2, seed: int = 0
+) -> tuple[nn.Module, torch.Tensor]:
+    """A model of the registered architecture ``spec`` (``initium.nn.ARCHS``, e.g.
+    ``"resnet(depth=8,width=8)"``) and a random input batch of ``input_shape`` (one sample's shape)
+    for it. The arch's sizes come from ``input_shape`` as a task would fix them: ``in_shape`` (a
+    classifier; default digits' ``(1, 8, 8)``, 10 classes), ``in_features`` (a coordinate network;
+    default 2 coordinates, 1 output) or ``in_channels`` (default the arch's own, at its smallest
+    image side)."""
+    from .nn import ARCHS
+
+    parts = ARCHS.parse(spec)
+    if len(parts) != 1:
+        raise ValueError(f"--arch takes one architecture, got {spec!r}")
+    name, kwargs = parts[0]
+    shape = tuple(input_shape) if input_shape is not None else None
+    if shape is not None and (not shape or any(not isinstance(n, int) or n < 1 for n in shape)):
+        raise ValueError(f"input_shape must list one sample's sizes >= 1, e.g. (1, 8, 8); got {input_shape!r}")
+    options = ARCHS.options(name)
+    defaults: dict[str, Any] = {}
+    if "in_shape" in options:
+        defaults.update(in_shape=shape or DIGITS_SHAPE, out_features=10)
+    elif "in_features" in options:
+        defaults.update(in_features=shape[-1] if shape else 2, out_features=1)
+    elif "in_channels" in options and shape:
+        defaults.update(in_channels=shape[0])
+    model = ARCHS.build(name, kwargs, **defaults)
+    if shape is None:
+        config = getattr(model, "config", {})
+        if "in_shape" in config:
+            shape = tuple(config["in_shape"])
+        elif "in_features" in config:
+            shape = (int(config["in_features"]),)
+        elif "in_channels" in config:
+            side = int(getattr(model, "min_side", 32))
+            shape = (int(config["in_channels"]), side, side)
+        else:
+            raise ValueError(f"arch {name!r}: give the shape of one input (--input-shape C,H,W)")
+    gen = torch.Generator().manual_seed(seed)
+    return model, torch.randn((batch, *shape), generator=gen)
+
 
 def plot(graph: Graph, path: str | Path, *, virtual: bool = False, cutoff: int = 50) -> Path:
     """Draw ``graph`` to ``path`` (a PNG): nodes laid out by level from left to right, coloured by
@@ -835,13 +879,16 @@ def plot(graph: Graph, path: str | Path, *, virtual: bool = False, cutoff: int =
             [pos[i][0] for i in idx], [pos[i][1] for i in idx], s=120, color=cmap(OPS.index(op) % 20),
             edgecolors="black", linewidths=0.5, label=op, zorder=2,
         )  # fmt: skip
-    if len(graph.nodes) <= 80:
-        for i, n in enumerate(graph.nodes):
-            ax.annotate(n.name, pos[i], xytext=(0, 8), textcoords="offset points", ha="center", fontsize=6)
+    for i, n in enumerate(graph.nodes):  # the index inside the node, the name slanted above it
+        ax.annotate(str(i), pos[i], ha="center", va="center", fontsize=5, zorder=3)
+        if len(graph.nodes) <= 120:
+            ax.annotate(n.name, pos[i], xytext=(3, 7), textcoords="offset points", fontsize=5, rotation=35)
     ax.set_xlabel("level (longest path from the input)")
     ax.set_yticks([])
     ax.set_title(
-        f"{graph.title or 'graph'} ({graph.method}): {len(graph.nodes)} nodes, {len(graph.edges)} edges", fontsize=10
+        f"{graph.title or 'graph'} ({graph.method}): {len(graph.nodes)} nodes, {len(graph.edges)} edges",
+        fontsize=10,
+        pad=16,
     )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     path = Path(path)
