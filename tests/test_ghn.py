@@ -317,10 +317,10 @@ def test_method_plain_and_noise(net: ghn.GHN, noisy: ghn.GHN, tmp_path) -> None:
         return model.conv2.weight.detach().clone()
 
     assert torch.equal(weights(f"ghn(path={plain})", 0), weights(f"ghn(path={plain})", 1))
-    assert torch.equal(weights(f"ghn(path={noise},noise=true)", 3), weights(f"ghn(path={noise},noise=true)", 3))
-    assert not torch.allclose(weights(f"ghn(path={noise},noise=true)", 3), weights(f"ghn(path={noise},noise=true)", 4))
+    assert torch.equal(weights(f"ghn(path={noise},noise=True)", 3), weights(f"ghn(path={noise},noise=True)", 3))
+    assert not torch.allclose(weights(f"ghn(path={noise},noise=True)", 3), weights(f"ghn(path={noise},noise=True)", 4))
     with pytest.raises(ghn.GHNError, match=r"without noise"):
-        initium.create(f"ghn(path={plain},noise=true)")
+        initium.create(f"ghn(path={plain},noise=True)")
     with pytest.raises(ghn.GHNError, match=r"needs inputs"):
         initium.create(f"ghn(path={plain})")(SmallCNN(), None)
     with pytest.raises(ghn.GHNError, match=r"5 outputs"):

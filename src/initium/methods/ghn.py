@@ -282,7 +282,7 @@ def _role(op: str, name: str, shape: tuple[int, ...], classifier: bool) -> str |
             return None
         return "classifier" if classifier else "weight"
     if len(shape) == 1:
-        if leaf.endswith("bias"):
+        if leaf.endswith("bias") or op == "bias":  # "bias": a parameter added to the data (x + b)
             return "bias"
         if op in _NORM_OPS and leaf == "weight":
             return "norm"
