@@ -102,6 +102,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
@@ -268,8 +269,7 @@ class _GraphInfo:
     ops: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]  # each node's first parameter's shape (() for none)
     levels: tuple[tuple[int, ...], ...]
-    edges: tuple[tuple[int, int], ...]
-    virtual: tuple[tuple[int, int, int], ...]
+    messages: np.ndarray  # (E + V, 3) int64 rows (src, dst, d): the real edges (d = 1), then the virtual ones
     slots: tuple[_Slot, ...]
     unpredicted: tuple[str, ...]  # parameters in the graph's nodes that the GHN cannot predict
     classifier: tuple[str, tuple[int, ...]] | None  # (name, shape) of the classifier's weight
@@ -309,13 +309,13 @@ def _graph_info(graph: Graph, cutoff: int) -> _GraphInfo:
                 unpredicted.append(name)
             else:
                 slots.append(_Slot(i, name, tuple(shape), role))
-    virtual = tuple(graph.virtual_edges(cutoff)) if cutoff >= 2 else ()
+    real = [(s, d, 1) for s, d in graph.edges]
+    virtual = graph.virtual_edges(cutoff) if cutoff >= 2 else []
     return _GraphInfo(
         ops=tuple(n.op for n in graph.nodes),
         shapes=tuple(tuple(n.params[0][1]) if n.params else () for n in graph.nodes),
         levels=tuple(tuple(level) for level in graph.levels()),
-        edges=tuple(graph.edges),
-        virtual=virtual,
+        messages=np.array(real + virtual, dtype=np.int64).reshape(-1, 3),
         slots=tuple(slots),
         unpredicted=tuple(unpredicted),
         classifier=(graph.nodes[cls].params[0][0], tuple(graph.nodes[cls].params[0][1])) if cls is not None else None,
@@ -360,34 +360,28 @@ class _Batch:
     graph_of: torch.Tensor | None = None  # node -> its graph
 
 
-def _levels(
-    groups: list[list[int]], messages: list[tuple[int, int, float, bool]], n: int, device: torch.device
-) -> list[_Level]:
-    """Batched updates for ``groups`` (lists of global node indices, in processing order), each
-    node receiving the ``messages`` ``(src, dst, weight, virtual)`` addressed to it."""
-    where = [(-1, -1)] * n
+def _levels(groups: list[np.ndarray], messages: np.ndarray, n: int, device: torch.device) -> list[_Level]:
+    """Batched updates for ``groups`` (arrays of global node indices, in processing order), each
+    node receiving the ``messages`` (rows ``src, dst, d``; ``d = 1`` a real edge, ``d >= 2`` a
+    virtual one weighted ``1 / d``) addressed to it: sorted by (group, real before virtual) once,
+    then sliced."""
+    level_of, row_of = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     for g, group in enumerate(groups):
-        for row, v in enumerate(group):
-            where[v] = (g, row)
-    per: list[tuple[list[int], list[int], list[int], list[int], list[float]]] = [([], [], [], [], []) for _ in groups]
-    for s, d, w, virtual in messages:
-        g, row = where[d]
-        src, dst, vsrc, vdst, vw = per[g]
-        if virtual:
-            vsrc.append(s)
-            vdst.append(row)
-            vw.append(w)
-        else:
-            src.append(s)
-            dst.append(row)
-
-    def t(x: list[int]) -> torch.Tensor:
-        return torch.tensor(x, dtype=torch.long, device=device)
-
-    return [
-        _Level(t(group), t(src), t(dst), t(vsrc), t(vdst), torch.tensor(vw, dtype=torch.float32, device=device))
-        for group, (src, dst, vsrc, vdst, vw) in zip(groups, per, strict=True)
-    ]
+        level_of[group] = g
+        row_of[group] = np.arange(len(group))
+    src, dst, d = messages.T if len(messages) else (np.zeros(0, np.int64),) * 3
+    key = 2 * level_of[dst] + (d >= 2)
+    order = np.argsort(key, kind="stable")
+    bounds = np.searchsorted(key[order], np.arange(2 * len(groups) + 1)).tolist()
+    src_t = torch.from_numpy(src[order]).to(device)
+    row_t = torch.from_numpy(row_of[dst[order]]).to(device)
+    w_t = torch.from_numpy(1.0 / d[order].astype(np.float32)).to(device)
+    out = []
+    for g, group in enumerate(groups):
+        real, virtual = slice(bounds[2 * g], bounds[2 * g + 1]), slice(bounds[2 * g + 1], bounds[2 * g + 2])
+        idx = torch.from_numpy(group).to(device)
+        out.append(_Level(idx, src_t[real], row_t[real], src_t[virtual], row_t[virtual], w_t[virtual]))
+    return out
 
 
 def _batch(infos: list[_GraphInfo], config: GHNConfig, device: torch.device, mode: str) -> _Batch:
@@ -404,27 +398,29 @@ def _batch(infos: list[_GraphInfo], config: GHNConfig, device: torch.device, mod
         infos, offsets, n, torch.tensor(ops, dtype=torch.long, device=device),
         torch.tensor(shapes, dtype=torch.long, device=device).reshape(n, 4),
     )  # fmt: skip
-    fwd: list[tuple[int, int, float, bool]] = []
-    for info, off in zip(infos, offsets, strict=True):
-        fwd.extend((off + s, off + d, 1.0, False) for s, d in info.edges)
-        fwd.extend((off + s, off + d, 1.0 / dist, True) for s, d, dist in info.virtual)
-    bwd = [(d, s, w, virtual) for s, d, w, virtual in fwd]
+    # every directed message of the forward pass as (src, dst, d): real edges d = 1, virtual d >= 2
+    fwd = np.concatenate([info.messages + np.array([off, off, 0]) for info, off in zip(infos, offsets, strict=True)])
+    bwd = fwd[:, [1, 0, 2]]
     if mode == "levels":
         depth = max(len(info.levels) for info in infos)
         groups = [
-            [off + v for info, off in zip(infos, offsets, strict=True) if k < len(info.levels) for v in info.levels[k]]
+            np.array(
+                [
+                    off + v
+                    for info, off in zip(infos, offsets, strict=True)
+                    if k < len(info.levels)
+                    for v in info.levels[k]
+                ],
+                dtype=np.int64,
+            )
             for k in range(depth)
         ]
         batch.forward = _levels(groups, fwd, n, device)
         batch.backward = _levels(groups[::-1], bwd, n, device)
     else:
         for name, messages in (("forward", fwd), ("backward", bwd)):
-            batch.directions[name] = _Direction(
-                torch.tensor([m[0] for m in messages], dtype=torch.long, device=device),
-                torch.tensor([m[1] for m in messages], dtype=torch.long, device=device),
-                torch.tensor([m[2] for m in messages], dtype=torch.float32, device=device),
-                torch.tensor([m[3] for m in messages], dtype=torch.bool, device=device),
-            )
+            m = torch.from_numpy(messages).to(device)
+            batch.directions[name] = _Direction(m[:, 0], m[:, 1], 1.0 / m[:, 2].float(), m[:, 2] >= 2)
         batch.position = torch.cat([torch.arange(len(i.ops), device=device) for i in infos])
         batch.graph_of = torch.cat(
             [torch.full((len(i.ops),), g, dtype=torch.long, device=device) for g, i in enumerate(infos)]
@@ -571,20 +567,52 @@ class Decoder(nn.Module):
         x = torch.relu(self.fc(z)).reshape(len(z), -1, k, k)
         return torch.relu(self.conv(x))
 
-    def block(self, features: torch.Tensor, shape: tuple[int, ...], classifier: bool) -> torch.Tensor:
-        """The raw ``p`` of one weight of ``shape`` from its node's ``(d1, k, k)`` features: only the
-        channels and centred window it needs of the ``(block, block, k, k)`` decoded tensor."""
+    def weights(
+        self, features: torch.Tensor, items: Sequence[tuple[int, tuple[int, ...], bool, float]]
+    ) -> list[torch.Tensor]:
+        """``scale p`` for each weight ``(row, shape, classifier, scale)``, from row ``row`` of the
+        ``(n, d1, k, k)`` trunk ``features``: only the channels and centred window each needs of its
+        ``(block, block, k, k)`` decoded tensor, scaled before it is tiled (the same numbers as
+        decoding the whole block, far fewer operations). The rows of the last layer every weight
+        uses are gathered once and split (one gradient for all of them, not one full-size gradient
+        per weight as slicing each would give)."""
         c = self.config
-        w = _window(shape, c.kernel)
-        lo = (c.kernel - w) // 2
-        f = features[:, lo : lo + w, lo : lo + w]
-        cols = min(shape[1], c.block)
-        if classifier:
-            mat, bias = self.classifier[:, :cols], self.classifier_bias[:, :cols]
-        else:
-            rows = min(shape[0], c.block)
-            mat, bias = self.weight[:rows, :cols], self.weight_bias[:rows, :cols]
-        return fit_block(torch.einsum("oid,dhw->oihw", mat, f) + bias[:, :, None, None], shape)
+        d1 = self.weight.shape[-1]
+        feats = features.unbind(0)
+        out: list[torch.Tensor] = [features] * len(items)
+        for classifier in (False, True):
+            sel = [j for j, item in enumerate(items) if item[2] == classifier]
+            if not sel:
+                continue
+            mat = (self.classifier if classifier else self.weight).reshape(-1, d1)
+            bias = (self.classifier_bias if classifier else self.weight_bias).reshape(-1)
+            dims, pairs = [], []
+            for j in sel:
+                shape = items[j][1]
+                r, q = (c.num_classes if classifier else min(shape[0], c.block)), min(shape[1], c.block)
+                dims.append((r, q))
+                pairs.append((np.arange(r)[:, None] * c.block + np.arange(q)[None, :]).ravel())
+            index = torch.from_numpy(np.concatenate(pairs)).to(mat.device)
+            sizes = [len(p) for p in pairs]
+            for j, (r, q), m, b in zip(
+                sel,
+                dims,
+                mat.index_select(0, index).split(sizes),
+                bias.index_select(0, index).split(sizes),
+                strict=True,
+            ):
+                row, shape, _, scale = items[j]
+                w = _window(shape, c.kernel)
+                lo = (c.kernel - w) // 2
+                f = feats[row][:, lo : lo + w, lo : lo + w].reshape(d1, w * w)
+                out[j] = fit_block(((m @ f + b[:, None]) * scale).reshape(r, q, w, w), shape)
+        return out
+
+    def block(
+        self, features: torch.Tensor, shape: tuple[int, ...], classifier: bool = False, scale: float = 1.0
+    ) -> torch.Tensor:
+        """One weight of ``shape`` from one node's ``(d1, k, k)`` features (:meth:`weights`)."""
+        return self.weights(features[None], [(0, tuple(shape), classifier, scale)])[0]
 
 
 # --- the GHN ----------------------------------------------------------------------------------------
@@ -681,21 +709,25 @@ class GHN(nn.Module):
         idx = functools.partial(torch.tensor, dtype=torch.long, device=z.device)
         features = self.decoder.trunk(z[idx(trunk_nodes)]) if trunk_nodes else None
         vectors = self.decoder.vector(z[idx(vec_nodes)]) if vec_nodes else None
+        # which graph each slot is in (slots are in graph order)
+        graph_of = np.searchsorted(np.array(batch.offsets), [v for v, _ in slots], side="right") - 1
+        items = [
+            (row_t[v], s.shape, s.role == "classifier",
+             math.sqrt((c.beta_classifier if s.role == "classifier" else c.beta) / math.prod(s.shape[1:])))
+            for v, s in slots if s.role in ("weight", "classifier")
+        ]  # fmt: skip
+        decoded = iter(self.decoder.weights(features, items)) if features is not None else iter(())
+        rows = vectors.unbind(0) if vectors is not None else ()
         out: list[dict[str, torch.Tensor]] = [{} for _ in batch.infos]
-        g = 0
-        for v, s in slots:
-            while g + 1 < len(batch.offsets) and v >= batch.offsets[g + 1]:
-                g += 1
+        for g, (v, s) in zip(graph_of.tolist(), slots, strict=True):
             if s.role in ("weight", "classifier"):
-                assert features is not None
-                p = self.decoder.block(features[row_t[v]], s.shape, s.role == "classifier")
-                beta = c.beta_classifier if s.role == "classifier" else c.beta
-                out[g][s.name] = p * math.sqrt(beta / math.prod(s.shape[1:]))
+                out[g][s.name] = next(decoded)
             else:
-                assert vectors is not None
-                half = vectors[row_v[v], : c.block] if s.role == "norm" else vectors[row_v[v], c.block :]
-                p = _tile(half, 0, s.shape[0])
-                out[g][s.name] = 2 * torch.sigmoid(p / 2) if s.role == "norm" else c.bias_scale * torch.tanh(p)
+                if s.role == "norm":
+                    p = 2 * torch.sigmoid(rows[row_v[v]][: c.block] / 2)
+                else:
+                    p = c.bias_scale * torch.tanh(rows[row_v[v]][c.block :])
+                out[g][s.name] = _tile(p, 0, s.shape[0])
         return out
 
 
