@@ -317,6 +317,11 @@ def test_method_plain_and_noise(net: ghn.GHN, noisy: ghn.GHN, tmp_path) -> None:
         return model.conv2.weight.detach().clone()
 
     assert torch.equal(weights(f"ghn(path={plain})", 0), weights(f"ghn(path={plain})", 1))
+    described = initium.create(f"ghn(path={plain})").describe()[0]
+    assert (
+        described["weights_sha256"]
+        == json.loads((tmp_path / "plain" / ghn.CONFIG_FILE).read_text())["weights"]["sha256"]
+    )
     assert torch.equal(weights(f"ghn(path={noise},noise=True)", 3), weights(f"ghn(path={noise},noise=True)", 3))
     assert not torch.allclose(weights(f"ghn(path={noise},noise=True)", 3), weights(f"ghn(path={noise},noise=True)", 4))
     with pytest.raises(ghn.GHNError, match=r"without noise"):

@@ -653,6 +653,8 @@ class GHN(nn.Module):
             config = dataclasses.replace(config, ops=tuple(graphs.OPS))
         config.check()
         self.config = config
+        self.meta: dict[str, Any] = {}  # load(): the file's meta (training command, data ...)
+        self.digest = ""  # load(): the sha256 of the weights file
         self.embed = NodeEmbedding(config.ops, config.hidden, config.shape_buckets)
         self.gnn = GatedGNN(config.hidden)
         self.norm = nn.LayerNorm(config.hidden)
@@ -855,6 +857,7 @@ def load(path: str | os.PathLike[str] | None = None) -> GHN:
             f"{str(exc).splitlines()[0]} ...); the two files are from different GHNs"
         ) from None
     ghn.meta = dict(record.get("meta") or {})
+    ghn.digest = str(recorded["sha256"])
     ghn.eval()
     return ghn
 
@@ -987,6 +990,10 @@ class GHNInit(Method):
                 f"ghn(noise=true): {where} was trained without noise (noise_dim=0); train a noise GHN with "
                 f"`{TRAIN_HINT} --noise` and pass path=GHN, or drop noise=true"
             )
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The config, and the sha256 of the GHN's weights (which GHN the bundled default was)."""
+        return [{"name": self.name, **dataclasses.asdict(self.config), "weights_sha256": self.ghn.digest}]
 
     def _inputs(self, inputs: torch.Tensor | None) -> torch.Tensor:
         if not isinstance(inputs, torch.Tensor) or inputs.dim() == 0 or len(inputs) == 0:
