@@ -334,9 +334,28 @@ def test_functional_ops_on_parameters_map_to_their_ops():
     assert a.nodes[1].params == (("w", (4, 3)), ("b", (4,))) and a.nodes[3].params == (("shift", (4,)),)
 
 
-def test_model_failing_on_the_input_is_a_clear_error():
+def test_in_place_ops_on_the_input_and_several_outputs():
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 2), nn.Linear(3, 4)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            x.relu_()  # in place, on the input itself
+            return self.a(x), self.b(x)
+
+    # input, relu, linear a, linear b, output: relu reads the input, both heads the relu, the output both heads
+    graphs = [build(TwoHeads(), torch.randn(2, 3), method=m) for m in ("fx", "autograd")]
+    for g in graphs:
+        assert ops(g) == ["input", "act", "linear", "linear", "output"]
+        assert g.edges == ((0, 1), (1, 2), (1, 3), (2, 4), (3, 4))
+    assert same_graph(*graphs)
+
+
+@pytest.mark.parametrize("method", ["auto", "fx", "autograd"])
+def test_model_failing_on_the_input_is_a_clear_error(method):
     with pytest.raises(GraphError, match=r"fails on the example input of shape \(2, 5\)") as info:
-        build(nn.Linear(4, 2), torch.randn(2, 5))
+        build(nn.Sequential(nn.Linear(4, 2)), torch.randn(2, 5), method=method)
     assert isinstance(info.value.__cause__, RuntimeError)
     with pytest.raises(GraphError, match="method must be one of"):
         build(nn.Linear(4, 2), torch.randn(2, 4), method="trace")

@@ -505,6 +505,7 @@ def _fx_raw(model: nn.Module, params: _Params) -> list[_Raw]:
             what = f"module {node.target!r} ({type(m).__name__})"
             raws.append(_Raw(op, str(node.target), own, data, what, str(node.target)))
             kind[node] = ("data", len(raws) - 1)
+            _in_place(node, kind, getattr(m, "inplace", False) is True)
             continue
         key = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
         key = key.strip("_")
@@ -522,7 +523,18 @@ def _fx_raw(model: nn.Module, params: _Params) -> list[_Raw]:
         name = _param_node_name(params, used) if used else node.name
         raws.append(_Raw(op, name, used, data, what, module))
         kind[node] = ("data", len(raws) - 1)
+        method = node.target if node.op == "call_method" and isinstance(node.target, str) else ""
+        _in_place(
+            node, kind, (method.endswith("_") and not method.endswith("__")) or node.kwargs.get("inplace") is True
+        )
     return raws
+
+
+def _in_place(node: fx.Node, kind: dict[fx.Node, tuple[str, Any]], in_place: bool) -> None:
+    """After ``x.relu_()`` later reads of ``x`` read the op (as they do in the autograd graph)."""
+    mutated = node.args[0] if node.args else None
+    if in_place and isinstance(mutated, fx.Node) and kind[mutated][0] == "data":
+        kind[mutated] = kind[node]
 
 
 def _fetch_attr(model: nn.Module, target: str) -> Any:
@@ -574,8 +586,16 @@ class _Call:
     outputs: list[Any] = field(default_factory=list)
 
 
-def _autograd_raw(model: nn.Module, x: torch.Tensor, params: _Params) -> list[_Raw]:
+def _autograd_raw(model: nn.Module, example: torch.Tensor, params: _Params) -> list[_Raw]:
     """The raw graph of one forward pass's autograd graph, leaf-module calls folded by hooks."""
+    for p in model.parameters():
+        if p.is_floating_point() or p.is_complex():
+            p.requires_grad_(True)  # (restored by _untouched)
+    x: Any = example
+    if example.is_floating_point() or example.is_complex():
+        # not a leaf: the model may change its input in place; x's own grad_fn marks the input
+        x = example.clone().requires_grad_(True).clone()
+    input_fn = x.grad_fn
     calls: list[_Call] = []
     stacks: dict[int, list[int]] = {}
 
@@ -594,7 +614,7 @@ def _autograd_raw(model: nn.Module, x: torch.Tensor, params: _Params) -> list[_R
             handles.append(m.register_forward_pre_hook(functools.partial(_bind, pre, name=name), with_kwargs=True))
             handles.append(m.register_forward_hook(post))
         with torch.enable_grad():
-            out = model(x)
+            out = _run(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -611,6 +631,7 @@ def _autograd_raw(model: nn.Module, x: torch.Tensor, params: _Params) -> list[_R
                 owner.setdefault(fn, c)
 
     data_memo: dict[Any, bool] = dict.fromkeys(owner, True)  # a module's output is data, as in a trace
+    data_memo[input_fn] = True
 
     def is_data(fn: Any) -> bool:
         """Whether ``fn`` depends on the input (else only on parameters)."""
@@ -621,7 +642,7 @@ def _autograd_raw(model: nn.Module, x: torch.Tensor, params: _Params) -> list[_R
                 stack.pop()
                 continue
             if type(f).__name__ == "AccumulateGrad":
-                data_memo[f] = f.variable is x
+                data_memo[f] = False
                 stack.pop()
                 continue
             todo = [c for c, _ in f.next_functions if c is not None and c not in data_memo]
@@ -648,10 +669,10 @@ def _autograd_raw(model: nn.Module, x: torch.Tensor, params: _Params) -> list[_R
 
     def operand(c: Any, data: list[Any], used: list[int]) -> None:
         """Sort one autograd input into data operands and parameters."""
-        if type(c).__name__ == "AccumulateGrad":
-            if c.variable is x:
-                data.append("input")
-            elif id(c.variable) in params.pos:
+        if c is input_fn:
+            data.append("input")
+        elif type(c).__name__ == "AccumulateGrad":
+            if id(c.variable) in params.pos:
                 used.append(params.pos[id(c.variable)])
         elif is_data(c):
             data.append(owner_key(c))
@@ -771,16 +792,9 @@ def build(model: nn.Module, example_input: torch.Tensor, *, strict: bool = True,
     title = type(model).__name__
     x = example_input.detach()
     with _untouched(model):
-        try:
+        if method in ("auto", "fx"):  # (the autograd walk's own forward pass is the check)
             with torch.no_grad():
-                model(x)
-        except Exception as exc:
-            raise GraphError(
-                f"the model fails on the example input of shape {tuple(x.shape)} ({x.dtype}):"
-                f" {type(exc).__name__}: {exc}. Pass an input the model accepts (a batch, e.g. (2, 1, 8, 8)"
-                " for 8x8 one-channel images)"
-            ) from exc
-        if method in ("auto", "fx"):
+                _run(model, x)
             try:
                 raws = _fx_raw(model, params)
             except GraphError:
@@ -794,11 +808,20 @@ def build(model: nn.Module, example_input: torch.Tensor, *, strict: bool = True,
                 log.info("graph: torch.fx cannot trace %s (%s); walking the autograd graph", title, exc)
             else:
                 return _finalize(raws, params, "fx", strict, title)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        xg = x.clone().requires_grad_(True) if x.is_floating_point() or x.is_complex() else x
-        raws = _autograd_raw(model, xg, params)
+        raws = _autograd_raw(model, x, params)
         return _finalize(raws, params, "autograd", strict, title)
+
+
+def _run(model: nn.Module, x: torch.Tensor) -> Any:
+    """``model(x)``; a failure is a GraphError saying so (the original exception chained)."""
+    try:
+        return model(x)
+    except Exception as exc:
+        raise GraphError(
+            f"the model fails on the example input of shape {tuple(x.shape)} ({x.dtype}):"
+            f" {type(exc).__name__}: {exc}. Pass an input the model accepts (a batch, e.g. (2, 1, 8, 8)"
+            " for 8x8 one-channel images)"
+        ) from exc
 
 
 # ---------------------------------------------------------------------------------------------
