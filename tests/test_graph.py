@@ -285,6 +285,39 @@ def test_lenient_graph_lists_the_module_and_leaves_its_parameters_out(cls, x, mo
     assert all(s < d for s, d in g.edges)
 
 
+class TinyViT(nn.Module):
+    """Patches, a class token (concatenated: no op holds it), a position embedding (a bias), one
+    nn.TransformerEncoderLayer (torch.fx cannot trace its fast-path checks), a LayerNorm and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch, self.cls = nn.Conv2d(1, 8, 4, 4), nn.Parameter(torch.zeros(1, 1, 8))
+        self.pos = nn.Parameter(torch.zeros(1, 5, 8))
+        self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.ln, self.head = nn.LayerNorm(8), nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], dim=1) + self.pos
+        return self.head(self.ln(self.enc(t)[:, 0]))
+
+
+def test_transformer_layer_reads_through_the_autograd_walk():
+    with pytest.raises(GraphError, match=r"the model itself \(TinyViT\): parameter 'cls' used by CatBackward"):
+        build(TinyViT(), X)
+    g = build(TinyViT(), X, strict=False)
+    assert g.method == "autograd" and g.unsupported == ("cls",)
+    # conv, flatten, + pos, attention, sum, ln, linear, relu, linear, sum, ln (the layer's), ln, head
+    assert ops(g)[1:-1] == [
+        "conv", "flatten", "bias", "attention", "sum", "ln", "linear", "act", "linear", "sum", "ln", "ln", "linear"
+    ]  # fmt: skip
+    assert g.nodes[4].name == "enc.self_attn" and [p for p, _ in g.nodes[4].params] == [
+        "enc.self_attn.in_proj_weight", "enc.self_attn.in_proj_bias", "enc.self_attn.out_proj.weight",
+        "enc.self_attn.out_proj.bias",
+    ]  # fmt: skip
+    assert g.predecessors()[5] == [3, 4]  # the residual around attention
+
+
 def test_unused_parameter_is_an_error_unless_lenient():
     class Spare(nn.Module):
         def __init__(self) -> None:

@@ -357,10 +357,12 @@ class _Params:
         return prefix, type(self.model.get_submodule(prefix)).__name__
 
     def describe_use(self, params: list[int], how: str) -> tuple[str, str]:
+        """(what the error says about this use of parameters, the name Graph.unsupported lists: the module,
+        or the parameter itself for one of the model's own)."""
         prefix, kind = self.owner(params[0])
         names = ", ".join(repr(self.names[i]) for i in params)
         where = f"module {prefix!r} ({kind})" if prefix else f"the model itself ({kind})"
-        return f"{where}: parameter {names} used by {how}", prefix
+        return f"{where}: parameter {names} used by {how}", prefix or self.names[params[0]]
 
 
 def _is_leaf(m: nn.Module, name: str) -> bool:
@@ -409,7 +411,7 @@ def _finalize(raws: list[_Raw], params: _Params, method: str, strict: bool, titl
         r.op, r.params = None, []
         unsupported.append(r.module)
     for name in unused:
-        owner = name.rpartition(".")[0]
+        owner = name.rpartition(".")[0] or name
         log.warning("graph: parameter %r is not used by the forward pass; it is in no node", name)
         unsupported.append(owner)
     unsupported = list(dict.fromkeys(unsupported))
