@@ -322,15 +322,18 @@ def test_unused_parameter_is_an_error_unless_lenient():
     class Spare(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.used, self.spare = nn.Linear(3, 3), nn.Linear(3, 3)  # spare is never called
+            self.used, self.spare, self.dead = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3)  # spare: never called
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.dead(x)  # called, but its result is dropped
             return self.used(x)
 
     model = Spare()
-    with pytest.raises(GraphError, match=r"spare\.weight.*not used"):
+    with pytest.raises(GraphError, match=r"spare\.weight.*do not contribute"):
         build(model, torch.randn(2, 3))
-    assert build(model, torch.randn(2, 3), strict=False).unsupported == ("spare",)
+    for method in ("fx", "autograd"):
+        g = build(model, torch.randn(2, 3), strict=False, method=method)
+        assert g.unsupported == ("spare", "dead") and ops(g) == ["input", "linear", "output"]
 
 
 def test_a_module_called_twice_holds_its_parameters_on_its_first_call():

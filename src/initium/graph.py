@@ -388,8 +388,6 @@ def _finalize(raws: list[_Raw], params: _Params, method: str, strict: bool, titl
     """Contract, prune, order canonically and check a raw graph (``raws`` topologically ordered,
     the input first and the output last)."""
     bad = [r for r in raws if r.op == _UNSUPPORTED]
-    covered = {p for r in raws for p in r.params}
-    unused = [params.names[i] for i in range(len(params.names)) if i not in covered]
     if strict and bad:
         others = f" (and {len(bad) - 1} more: {', '.join(r.module for r in bad[1:])})" if len(bad) > 1 else ""
         raise GraphError(
@@ -399,22 +397,13 @@ def _finalize(raws: list[_Raw], params: _Params, method: str, strict: bool, titl
             " the graph without it (its parameters in no node, listed in Graph.unsupported), or replace it"
             " with supported layers"
         )
-    if strict and unused:
-        raise GraphError(
-            f"parameters {unused[:5]}{' ...' if len(unused) > 5 else ''} are not used by the forward pass on the"
-            " example input, so no node can hold them; pass strict=False to list their modules as unsupported,"
-            " or remove them from the model"
-        )
     unsupported: list[str] = []
+    left_out: set[int] = set()
     for r in bad:
         log.warning("graph: leaving out %s (not in the graph vocabulary); its parameters are in no node", r.what)
+        left_out.update(r.params)
         r.op, r.params = None, []
         unsupported.append(r.module)
-    for name in unused:
-        owner = name.rpartition(".")[0] or name
-        log.warning("graph: parameter %r is not used by the forward pass; it is in no node", name)
-        unsupported.append(owner)
-    unsupported = list(dict.fromkeys(unsupported))
 
     # contract: a contracted node's consumers read its own sources
     n = len(raws)
@@ -432,6 +421,19 @@ def _finalize(raws: list[_Raw], params: _Params, method: str, strict: bool, titl
             for j in sources[i]:
                 alive[j] = True
     kept = [i for i in range(n) if alive[i] and raws[i].op is not None]
+
+    covered = left_out.union(*(raws[i].params for i in kept))
+    unused = [params.names[i] for i in range(len(params.names)) if i not in covered]
+    if strict and unused:
+        raise GraphError(
+            f"parameters {unused[:5]}{' ...' if len(unused) > 5 else ''} do not contribute to the model's output on"
+            " the example input, so no node can hold them; pass strict=False to list their modules as unsupported,"
+            " or remove them from the model"
+        )
+    for name in unused:
+        log.warning("graph: parameter %r does not contribute to the output; it is in no node", name)
+        unsupported.append(name.rpartition(".")[0] or name)
+    unsupported = list(dict.fromkeys(unsupported))
     preds = {i: (sources[i] or [0]) if i != 0 else [] for i in kept}  # a node that reads no data hangs off the input
     depth: dict[int, int] = {}
     for i in kept:
