@@ -50,6 +50,7 @@ non-differentiable path (integer inputs, ``detach``).
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import re
 from collections.abc import Iterator
@@ -62,6 +63,8 @@ import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
+
+from ._io import atomic_write_bytes
 
 __all__ = ["OPS", "Graph", "GraphError", "Node", "arch_example", "build", "plot"]
 
@@ -891,6 +894,7 @@ def plot(graph: Graph, path: str | Path, *, virtual: bool = False, cutoff: int =
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
 
     levels = graph.levels()
     pos: dict[int, tuple[float, float]] = {}
@@ -898,15 +902,13 @@ def plot(graph: Graph, path: str | Path, *, virtual: bool = False, cutoff: int =
         for k, i in enumerate(members):
             pos[i] = (float(lv), (len(members) - 1) / 2 - k)
     height = max(len(m) for m in levels)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(levels)), max(3.0, 0.9 * height + 1.5)), layout="constrained")
+    width = min(40.0, max(6.0, 0.45 * len(levels)))  # a ResNet-50 is ~170 levels: squeezed, not 9000 pixels wide
+    fig, ax = plt.subplots(figsize=(width, max(3.0, 0.9 * height + 1.5)), layout="constrained")
     if virtual:
-        for s, d, _ in graph.virtual_edges(cutoff):
-            ax.plot(*zip(pos[s], pos[d], strict=True), color="0.85", lw=0.4, zorder=0)
-    for s, d in graph.edges:
-        ax.annotate(
-            "", xy=pos[d], xytext=pos[s],
-            arrowprops=dict(arrowstyle="-|>", color="0.35", lw=0.8, shrinkA=7, shrinkB=7),
-        )  # fmt: skip
+        lines = [(pos[s], pos[d]) for s, d, _ in graph.virtual_edges(cutoff)]
+        ax.add_collection(LineCollection(lines, colors="0.85", linewidths=0.4, zorder=0))
+    # every edge runs to a later level, left to right: lines need no arrowheads
+    ax.add_collection(LineCollection([(pos[s], pos[d]) for s, d in graph.edges], colors="0.35", linewidths=0.8))
     cmap = plt.get_cmap("tab20")
     used = sorted({n.op for n in graph.nodes}, key=OPS.index)
     for op in used:
@@ -927,7 +929,7 @@ def plot(graph: Graph, path: str | Path, *, virtual: bool = False, cutoff: int =
         pad=16,
     )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    path = Path(path)
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format="png")
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())
