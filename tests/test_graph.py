@@ -191,9 +191,9 @@ def test_every_parameter_of_every_arch_in_exactly_one_node(spec, shape):
         lambda: arch("classifier-cnn"), lambda: arch("classifier-mlp"), lambda: arch("resnet(depth=8,width=8)"),
         lambda: arch("resnet(depth=14,width=4)", (3, 8, 8)), lambda: (Residual(), X), lambda: (Concat(), X),
         lambda: arch("siren(hidden=16,layers=2)"), lambda: arch("fourier(hidden=16,layers=2,features=8)"),
-        lambda: arch("pe(hidden=16,layers=2,frequencies=3)"),
+        lambda: arch("pe(hidden=16,layers=2,frequencies=3)"), lambda: arch("classifier-mlp", (64,)),
     ],
-    ids=["cnn", "mlp", "resnet8", "resnet14", "residual", "concat", "siren", "fourier", "pe"],
+    ids=["cnn", "mlp", "resnet8", "resnet14", "residual", "concat", "siren", "fourier", "pe", "mlp-flat-input"],
 )  # fmt: skip
 def test_fx_and_autograd_give_the_same_graph(make):
     model, x = make()

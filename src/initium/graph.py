@@ -41,10 +41,10 @@ output (a module never called, or called with its result dropped). Reshapes (``v
 A module called twice is two nodes; its parameters are on the first.
 
 Where the readings can differ (measured equal on every arch of ``initium.nn.ARCHS`` and 120 nets of
-the GHN's architecture space): a ``flatten`` that changes nothing (already flat) is a node in a
-trace but no autograd node; a functional op on batched (3-D) data outside a module
-(``F.linear(x3d, w)``) decomposes into views in autograd; and the autograd walk sees no
-non-differentiable path (integer inputs, ``detach``).
+the GHN's architecture space): a ``torch.flatten`` call that changes nothing (data already flat)
+is a node in a trace but no autograd node (an ``nn.Flatten`` of flat data is contracted in both); a
+functional op on batched (3-D) data outside a module (``F.linear(x3d, w)``) decomposes into views in
+autograd; and the autograd walk sees no non-differentiable path (integer inputs, ``detach``).
 """
 
 from __future__ import annotations
@@ -487,8 +487,9 @@ def _finalize(raws: list[_Raw], params: _Params, method: str, strict: bool, titl
 # torch.fx
 
 
-def _fx_raw(model: nn.Module, params: _Params) -> list[_Raw]:
-    """The raw graph of a symbolic trace (raises whatever tracing raises)."""
+def _fx_raw(model: nn.Module, params: _Params, no_ops: frozenset[str] = frozenset()) -> list[_Raw]:
+    """The raw graph of a symbolic trace (raises whatever tracing raises); ``no_ops``: modules that
+    returned their input unchanged on the example (a Flatten of flat data), contracted."""
     graph = _Tracer().trace(model)
     raws: list[_Raw] = []
     # fx node -> ("data", raw index) | ("param", [positions]) | ("const", None)
@@ -516,7 +517,7 @@ def _fx_raw(model: nn.Module, params: _Params) -> list[_Raw]:
         if node.op == "call_module":
             m = model.get_submodule(node.target)  # type: ignore[arg-type]
             own = params.of_module(m) + used
-            op = _module_op(m)
+            op = _module_op(m) if node.target not in no_ops else None
             op = op if op is not None else (_UNSUPPORTED if own else None)
             what = f"module {node.target!r} ({type(m).__name__})"
             raws.append(_Raw(op, str(node.target), own, data, what, str(node.target)))
@@ -809,10 +810,10 @@ def build(model: nn.Module, example_input: torch.Tensor, *, strict: bool = True,
     x = example_input.detach()
     with _untouched(model):
         if method in ("auto", "fx"):  # (the autograd walk's own forward pass is the check)
-            with torch.no_grad():
+            with torch.no_grad(), _no_op_reshapes(model) as no_ops:
                 _run(model, x)
             try:
-                raws = _fx_raw(model, params)
+                raws = _fx_raw(model, params, frozenset(no_ops))
             except GraphError:
                 raise
             except Exception as exc:
@@ -826,6 +827,27 @@ def build(model: nn.Module, example_input: torch.Tensor, *, strict: bool = True,
                 return _finalize(raws, params, "fx", strict, title)
         raws = _autograd_raw(model, x, params)
         return _finalize(raws, params, "autograd", strict, title)
+
+
+@contextmanager
+def _no_op_reshapes(model: nn.Module) -> Iterator[set[str]]:
+    """The names of the Flatten modules that return their input itself (``torch.flatten`` of flat
+    data): no autograd node, so no graph node either."""
+    found: set[str] = set()
+    handles = []
+
+    def hook(name: str, m: nn.Module, args: Any, output: Any) -> None:
+        if args and output is args[0]:
+            found.add(name)
+
+    for name, m in model.named_modules():
+        if name and _module_op(m) == "flatten":
+            handles.append(m.register_forward_hook(functools.partial(hook, name)))
+    try:
+        yield found
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _run(model: nn.Module, x: torch.Tensor) -> Any:
