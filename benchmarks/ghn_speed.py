@@ -1,8 +1,10 @@
-"""Graph hypernetwork benchmarks (``initium.ghn``); ratios measured side by side in one run.
+"""Graph hypernetwork speed (``initium.ghn``); ratios measured side by side in one run. (The
+accuracy parts are ``benchmarks/ghn.py``.)
 
-    python benchmarks/ghn.py speed [--repeats 3] [--steps 20] [--device cpu|cuda]
+    OMP_NUM_THREADS=1 python benchmarks/ghn_speed.py [--repeats 3] [--steps 20]
+    python benchmarks/ghn_speed.py --device cuda
 
-``speed`` has two parts:
+Two parts:
 
 (a) **ResNet-50 in one call.** ``resnet-bottleneck`` with blocks (3, 4, 6, 3) (ResNet-50, 23.5 M
     parameters with 10 classes) on one 3x224x224 image, an untrained GHN of the default
@@ -131,7 +133,7 @@ def speed(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     runs = []
     for _ in range(args.repeats):
-        cmd = [sys.executable, __file__, "resnet50-once", "--device", args.device]
+        cmd = [sys.executable, __file__, "--resnet50-once", "--device", args.device]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=os.environ.copy())
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     keys = ("build_s", "predict_s", "predict_warm_s", "fill_s")
@@ -159,15 +161,12 @@ def speed(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="part", required=True)
-    p = sub.add_parser("speed", help="ResNet-50 prediction time; levels vs nodes training speed")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--device", default="cpu")
-    once = sub.add_parser("resnet50-once", help="(internal) one cold measurement of part (a), as JSON")
-    once.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes timing the ResNet-50 (median)")
+    parser.add_argument("--steps", type=int, default=20, help="interleaved training steps per mode")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--resnet50-once", action="store_true", help="(internal) one cold ResNet-50 timing, as JSON")
     args = parser.parse_args()
-    if args.part == "resnet50-once":
+    if args.resnet50_once:
         print(json.dumps(resnet50_once(torch.device(args.device))))
     else:
         speed(args)
