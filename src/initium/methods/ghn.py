@@ -30,11 +30,15 @@ where ``u ~> v`` are GHN-2's virtual edges (shortest directed path of length ``d
 edges are reversed. Because every predecessor of a node lies in an earlier topological *level*
 (:meth:`initium.graph.Graph.levels`), all nodes of one level can be updated at once: with
 ``mode="levels"`` (the default) the graphs of a meta-batch are joined as one disjoint graph
-(node tensors concatenated, indices offset), and each level is ONE batched update (messages
-gathered per edge and summed with ``index_add``). ``mode="nodes"`` is GHN-2's loop: one update per
-node *position* (node ``i`` of every graph of the meta-batch at once), each finding its incoming
-edges by masking the edge list. Both compute the same function (``tests/test_ghn.py`` checks the
-predictions agree to float tolerance); ``benchmarks/ghn.py speed`` measures the difference.
+(node tensors concatenated, indices offset), and each level is ONE batched update: a node's
+outgoing messages ``MLP(h_u)``, ``MLP_sp(h_u)`` are computed once, right after its own update, into
+a table, and a level sums its incoming ones with one gather and one ``index_add``.
+``mode="nodes"`` is GHN-2's loop (ppuda's ``GatedGNN``): one update per node *position* (node ``i``
+of every graph of the meta-batch at once), each finding its incoming edges by masking the edge
+list and applying the MLPs per edge. Both compute the same function (``tests/test_ghn.py`` checks
+the predictions agree to float tolerance). The sequential steps are the levels (the longest path)
+against the positions (the largest graph): for chain-like nets nearly as many, so the gain is the
+cheaper step; ``benchmarks/ghn_speed.py`` measures it.
 
 **Decoder.** The node states go through a LayerNorm; a noise GHN (``noise_dim > 0``) then
 concatenates a standard normal vector per node, drawn from the caller's generator (the paper's
@@ -58,8 +62,11 @@ it). The block is fitted to each parameter's shape ``(out, in, *kernel)``:
   convolution predicting ``num_classes`` rows of ``block`` inputs; a model whose classifier has
   another output size is refused with a clear error (:meth:`GHN.check`) before any work.
 
-Parameters of four or more kernel dimensions (3-D convolutions), 0-d parameters and parameters of
-nodes the graph could not represent are *not* predicted: :func:`fill` lists them.
+Parameters of three kernel dimensions (3-D convolutions' 5-D weights), 0-d parameters, >= 2-D
+parameters of ops other than conv/linear/attention, 1-D ones that are neither a norm's weight nor
+a bias, and parameters of modules the graph could not represent are *not* predicted: :func:`fill`
+lists them. (A transposed convolution is read as ``conv``; its weight is ``(in, out, k, k)``, so its
+fan-in scale is that of the transposed shape.)
 
 **Normalisation** (GHN-2, section 4): weights ``w = p sqrt(beta / fan_in)`` with ``fan_in = in x
 prod(kernel)`` and ``beta = 2`` for the ReLU networks of the space (He et al.'s gain), ``beta = 1``
