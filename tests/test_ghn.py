@@ -152,8 +152,12 @@ def test_levels_and_nodes_modes_agree(net: ghn.GHN, noisy: ghn.GHN) -> None:
             for k in pa:
                 torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-5)
     with torch.no_grad():
+        states = net.encode(gs), net.encode(gs, mode="nodes")
         alone = net.predict([gs[1]])[0]
         joined = net.predict(gs)[1]
+    for g, a, b in zip(gs, *states, strict=True):
+        assert a.shape == (len(g.nodes), net.config.hidden)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     for k in alone:
         torch.testing.assert_close(alone[k], joined[k], rtol=1e-4, atol=1e-5)
 

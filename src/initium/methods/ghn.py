@@ -332,8 +332,8 @@ def _graph_info(graph: Graph, cutoff: int) -> _GraphInfo:
 @dataclass
 class _Level:
     """One batched update: nodes ``idx`` (global); messages into row ``dst`` of ``idx`` from row
-    ``src`` of the message table (``u`` for a real edge, ``N + u`` for a virtual one), weighted
-    ``w`` (1, or ``1 / d``)."""
+    ``src`` of the message table (``2u`` for a real edge from ``u``, ``2u + 1`` for a virtual one),
+    weighted ``w`` (``(E, 1)``: 1, or ``1 / d``)."""
 
     idx: torch.Tensor
     src: torch.Tensor
@@ -369,8 +369,7 @@ class _Batch:
 def _levels(groups: list[np.ndarray], messages: np.ndarray, n: int, device: torch.device) -> list[_Level]:
     """Batched updates for ``groups`` (arrays of global node indices, in processing order), each
     node receiving the ``messages`` (rows ``src, dst, d``; ``d = 1`` a real edge, ``d >= 2`` a
-    virtual one weighted ``1 / d``, read from row ``n + src`` of the message table) addressed to
-    it: sorted by group once, then sliced."""
+    virtual one weighted ``1 / d``) addressed to it: sorted by group once, then sliced."""
     level_of, row_of = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     for g, group in enumerate(groups):
         level_of[group] = g
@@ -378,9 +377,9 @@ def _levels(groups: list[np.ndarray], messages: np.ndarray, n: int, device: torc
     src, dst, d = messages.T if len(messages) else (np.zeros(0, np.int64),) * 3
     order = np.argsort(level_of[dst], kind="stable")
     bounds = np.searchsorted(level_of[dst][order], np.arange(len(groups) + 1)).tolist()
-    src_t = torch.from_numpy(np.where(d >= 2, n + src, src)[order]).to(device)
+    src_t = torch.from_numpy((2 * src + (d >= 2))[order]).to(device)
     row_t = torch.from_numpy(row_of[dst[order]]).to(device)
-    w_t = torch.from_numpy(1.0 / d[order].astype(np.float32)).to(device)
+    w_t = torch.from_numpy(1.0 / d[order].astype(np.float32)[:, None]).to(device)
     out = []
     for g, group in enumerate(groups):
         part = slice(bounds[g], bounds[g + 1])
@@ -461,28 +460,31 @@ class GatedGNN(nn.Module):
         """One batched update per topological level, across all graphs of the batch.
 
         A node's outgoing messages ``MLP(h_u)`` and ``MLP_sp(h_u)`` depend on ``u`` alone, and ``u``
-        is final in this direction once its level is done: so they are computed once per node, right
-        after its update, into a table of ``2N`` rows (``MLP`` rows, then ``MLP_sp`` rows); a level
+        is final in this direction once its level is done: so both are computed once per node,
+        right after its update (the two MLPs as one: first layers stacked, second layers
+        block-diagonal), into a table whose row ``u`` is ``[MLP(h_u), MLP_sp(h_u)]``, read as ``2N``
+        rows of ``hidden`` (``2u``: the real-edge message, ``2u + 1``: the virtual one). A level
         then sums its messages with one gather and one ``index_add`` (GHN-2 applies the MLPs per
-        edge: the same sums, ~50 times the MLP rows with virtual edges)."""
+        edge: the same sums). The new states of a direction are written back once, at its end:
+        within it, a node's own previous state is still the one before the direction."""
         n, hid = h.shape
-        first = (
-            torch.cat([self.mlp[0].weight, self.mlp_sp[0].weight]),
-            torch.cat([self.mlp[0].bias, self.mlp_sp[0].bias]),
-        )
+        w1 = torch.cat([self.mlp[0].weight, self.mlp_sp[0].weight])
+        b1 = torch.cat([self.mlp[0].bias, self.mlp_sp[0].bias])
+        w2 = torch.block_diag(self.mlp[2].weight, self.mlp_sp[2].weight)
+        b2 = torch.cat([self.mlp[2].bias, self.mlp_sp[2].bias])
         for _ in range(passes):
             for levels in (batch.forward, batch.backward):
-                table = h.new_zeros(2 * n, hid)
+                table, news = h.new_zeros(n, 2 * hid), []
                 for k, level in enumerate(levels):
                     m = h.new_zeros(len(level.idx), hid)
                     if len(level.src):
-                        m = m.index_add(0, level.dst, table[level.src] * level.w.to(h.dtype)[:, None])
+                        m = m.index_add(0, level.dst, table.view(2 * n, hid)[level.src] * level.w)
                     new = self.gru(m, h[level.idx])
-                    h = h.index_copy(0, level.idx, new)
+                    news.append(new)
                     if k + 1 < len(levels):  # the last level's messages go nowhere
-                        a, b = torch.relu(nn.functional.linear(new, *first)).split(hid, dim=1)
-                        rows = torch.cat([self.mlp[2](a), self.mlp_sp[2](b)])
-                        table = table.index_copy(0, torch.cat([level.idx, level.idx + n]), rows)
+                        rows = nn.functional.linear(torch.relu(nn.functional.linear(new, w1, b1)), w2, b2)
+                        table = table.index_copy(0, level.idx, rows)
+                h = h.index_copy(0, torch.cat([level.idx for level in levels]), torch.cat(news))
         return h
 
     def nodes(self, h: torch.Tensor, batch: _Batch, passes: int) -> torch.Tensor:
@@ -706,26 +708,43 @@ class GHN(nn.Module):
         level across the graphs) or ``"nodes"`` (GHN-2's per-node loop; the same function). A noise
         GHN draws one ``noise_dim`` vector per node from ``generator`` (CPU; a fresh draw from the
         global generator when ``None``), in graph order, so both modes draw the same noise."""
-        if mode not in MODES:
-            raise GHNError(f"GHN.predict: mode must be one of {MODES}, got {mode!r}")
-        graphs = list(graphs)
-        if not graphs:
+        batch = self._batch(graphs, mode, "predict")
+        if batch is None:
             return []
-        if not all(isinstance(g, Graph) for g in graphs):
-            raise GHNError("GHN.predict takes a sequence of initium.graph.Graph (initium.graph.build(model, x))")
-        for g in graphs:
-            self.check(g)
         c = self.config
-        device = self.decoder.weight.device
-        infos = [_graph_info(g, c.cutoff) for g in graphs]
-        batch = _batch(infos, c, device, mode)
-        h = self.embed(batch.op_index, batch.shape_index)
-        h = self.gnn.levels(h, batch, c.passes) if mode == "levels" else self.gnn.nodes(h, batch, c.passes)
-        z = self.norm(h)
+        z = self.norm(self._message_passing(batch, mode))
         if c.noise_dim:
             noise = torch.randn(batch.n, c.noise_dim, generator=generator)
-            z = torch.cat([z, noise.to(device=device, dtype=z.dtype)], dim=1)
+            z = torch.cat([z, noise.to(device=z.device, dtype=z.dtype)], dim=1)
         return self._decode(z, batch)
+
+    def encode(self, graphs: Sequence[Graph], *, mode: str = "levels") -> list[torch.Tensor]:
+        """The node states after message passing (before the decoder's LayerNorm): one ``(nodes,
+        hidden)`` tensor per graph, rows in the graph's node order (for analysis, and to time the
+        message passing alone)."""
+        batch = self._batch(graphs, mode, "encode")
+        if batch is None:
+            return []
+        sizes = [len(info.ops) for info in batch.infos]
+        return list(self._message_passing(batch, mode).split(sizes))
+
+    def _batch(self, graphs: Sequence[Graph], mode: str, what: str) -> _Batch | None:
+        if mode not in MODES:
+            raise GHNError(f"GHN.{what}: mode must be one of {MODES}, got {mode!r}")
+        graphs = list(graphs)
+        if not graphs:
+            return None
+        if not all(isinstance(g, Graph) for g in graphs):
+            raise GHNError(f"GHN.{what} takes a sequence of initium.graph.Graph (initium.graph.build(model, x))")
+        for g in graphs:
+            self.check(g)
+        infos = [_graph_info(g, self.config.cutoff) for g in graphs]
+        return _batch(infos, self.config, self.decoder.weight.device, mode)
+
+    def _message_passing(self, batch: _Batch, mode: str) -> torch.Tensor:
+        h = self.embed(batch.op_index, batch.shape_index)
+        passes = self.config.passes
+        return self.gnn.levels(h, batch, passes) if mode == "levels" else self.gnn.nodes(h, batch, passes)
 
     def _decode(self, z: torch.Tensor, batch: _Batch) -> list[dict[str, torch.Tensor]]:
         c = self.config
