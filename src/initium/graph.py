@@ -42,9 +42,11 @@ A module called twice is two nodes; its parameters are on the first.
 
 Where the readings can differ (measured equal on every arch of ``initium.nn.ARCHS`` and 120 nets of
 the GHN's architecture space): a ``torch.flatten`` call that changes nothing (data already flat)
-is a node in a trace but no autograd node (an ``nn.Flatten`` of flat data is contracted in both); a
-functional op on batched (3-D) data outside a module (``F.linear(x3d, w)``) decomposes into views in
-autograd; and the autograd walk sees no non-differentiable path (integer inputs, ``detach``).
+is a node in a trace but no autograd node (an ``nn.Flatten`` of flat data is contracted in both);
+autograd runs a batched matrix product outside a module (``F.linear`` of 3-D data, ``q @ k.T``)
+with views around mm/bmm, which the walk contracts, so a reshape written right before or after
+such a product is a node in a trace only; and the autograd walk sees no non-differentiable path
+(integer inputs, ``detach``).
 """
 
 from __future__ import annotations
@@ -312,6 +314,10 @@ def _grad_category(fn: Any) -> str | None:
     if "ScaledDotProduct" in name:
         return "attention"
     return None
+
+
+def _is_matmul(fn: Any) -> bool:
+    return re.sub(r"Backward\d*$", "", type(fn).__name__) in ("Mm", "Bmm", "Addmm", "Baddbmm")
 
 
 def _resolve(category: str | None, n_data: int, has_params: bool) -> str | None:
@@ -696,6 +702,12 @@ def _autograd_raw(model: nn.Module, example: torch.Tensor, params: _Params) -> l
         else:
             used.extend(param_leaves(c))
 
+    def through_views(fn: Any) -> list[Any]:
+        """``fn``, or the inputs of the reshapes that ``fn`` ends (not a module's output, not the input)."""
+        if fn in owner or fn is input_fn or _grad_category(fn) != "flatten":
+            return [fn]
+        return [d for c, _ in fn.next_functions if c is not None for d in through_views(c)]
+
     def owner_key(fn: Any) -> Any:
         return ("call", owner[fn]) if fn in owner else fn
 
@@ -723,11 +735,17 @@ def _autograd_raw(model: nn.Module, example: torch.Tensor, params: _Params) -> l
             op = op if op is not None else (_UNSUPPORTED if used else None)
             what = f"module {call.name!r} ({type(call.module).__name__})"
             return _Raw(op, call.name, used, data, what, call.name)
-        for c, _ in key.next_functions:
-            if c is not None:
-                operand(c, data, used)
+        category = _grad_category(key)
+        children = [c for c, _ in key.next_functions if c is not None]
+        # a matrix product of batched data runs as views around mm/bmm: the views are the product's
+        if _is_matmul(key):
+            children = [d for c in children for d in through_views(c)]
+        elif category == "flatten" and any(_is_matmul(c) for c in children):
+            category = None
+        for c in children:
+            operand(c, data, used)
         name = type(key).__name__
-        op = _resolve(_grad_category(key), len(data), bool(used))
+        op = _resolve(category, len(data), bool(used))
         what, module = params.describe_use(used, name) if used else ("", "")
         return _Raw(op, _param_node_name(params, used) if used else name, used, data, what, module)
 
