@@ -342,8 +342,8 @@ def test_transformer_layer_reads_through_the_autograd_walk():
         "conv", "flatten", "bias", "attention", "sum", "ln", "linear", "act", "linear", "sum", "ln", "ln", "linear"
     ]  # fmt: skip
     assert g.nodes[4].name == "enc.self_attn" and [p for p, _ in g.nodes[4].params] == [
-        "enc.self_attn.in_proj_weight", "enc.self_attn.in_proj_bias", "enc.self_attn.out_proj.weight",
-        "enc.self_attn.out_proj.bias",
+        "enc.self_attn.in_proj_weight", "enc.self_attn.out_proj.weight", "enc.self_attn.in_proj_bias",
+        "enc.self_attn.out_proj.bias",  # weights first
     ]  # fmt: skip
     assert g.predecessors()[5] == [3, 4]  # the residual around attention
 
@@ -385,9 +385,10 @@ def test_functional_ops_on_parameters_map_to_their_ops():
     class Functional(nn.Module):  # F.linear on its own parameters, then + a bias parameter
         def __init__(self) -> None:
             super().__init__()
-            self.w, self.b, self.shift = (
-                nn.Parameter(torch.randn(4, 3)),
+            # the bias registered first: the node still lists the weight first
+            self.b, self.w, self.shift = (
                 nn.Parameter(torch.zeros(4)),
+                nn.Parameter(torch.randn(4, 3)),
                 nn.Parameter(torch.zeros(4)),
             )
 
@@ -398,6 +399,7 @@ def test_functional_ops_on_parameters_map_to_their_ops():
     a, b = build(model, x, method="fx"), build(model, x, method="autograd")
     assert ops(a) == ["input", "linear", "act", "bias", "output"] and same_graph(a, b)
     assert a.nodes[1].params == (("w", (4, 3)), ("b", (4,))) and a.nodes[3].params == (("shift", (4,)),)
+    assert [n.name for n in a.nodes] == ["input", "w", "relu", "shift", "output"]
 
 
 def test_in_place_ops_on_the_input_and_several_outputs():

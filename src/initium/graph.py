@@ -369,6 +369,10 @@ class _Params:
     def of_module(self, m: nn.Module) -> list[int]:
         return [self.pos[id(p)] for p in m.parameters() if id(p) in self.pos]
 
+    def weight_first(self, i: int) -> tuple[bool, int]:
+        """Sort key of parameters: weights (2-D and up) before vectors, each in the model's order."""
+        return len(self.shapes[i]) < 2, i
+
     def owner(self, i: int) -> tuple[str, str]:
         """(qualified name, type name) of the module that holds parameter ``i``."""
         prefix = self.names[i].rpartition(".")[0]
@@ -482,7 +486,8 @@ def _finalize(raws: list[_Raw], params: _Params, method: str, strict: bool, titl
     nodes = []
     for i in order:
         r = raws[i]
-        mine = [p for p in sorted(set(r.params)) if p not in seen]  # a module called twice: its first call
+        # weights (2-D and up) first, then vectors, each in the model's order; a module called twice: its first call
+        mine = [p for p in sorted(set(r.params), key=params.weight_first) if p not in seen]
         seen.update(mine)
         nodes.append(Node(r.op, r.name, tuple((params.names[p], params.shapes[p]) for p in mine)))  # type: ignore[arg-type]
     edges = sorted((index[j], index[i]) for i in kept for j in preds[i])
@@ -570,7 +575,7 @@ def _fetch_attr(model: nn.Module, target: str) -> Any:
 def _param_node_name(params: _Params, used: list[int]) -> str:
     """A functional op on parameters is named after the module holding them (the parameter itself
     for one of the model's own)."""
-    name = params.names[min(used)]
+    name = params.names[min(used, key=params.weight_first)]
     return name.rpartition(".")[0] or name
 
 
