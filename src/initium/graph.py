@@ -92,7 +92,8 @@ class GraphError(ValueError):
 class Node:
     """One op of the graph: ``op`` (one of :data:`OPS`), ``name`` (the module's qualified name, or
     the traced op's name for a structural op) and ``params``: ``(name in model.named_parameters(),
-    shape)`` pairs, weight first; ``()`` for structural ops."""
+    shape)`` pairs, weights (2-D and up) first, then vectors, each in the model's order; ``()`` for
+    structural ops."""
 
     op: str
     name: str
