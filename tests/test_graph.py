@@ -67,6 +67,21 @@ class Branchy(Residual):
         return super().forward(x)
 
 
+class HandAttention(nn.Module):
+    """Attention written out (matrix products of batched data, which autograd runs as views around
+    bmm), a functional linear on the model's own parameters of 3-D data, two reshapes, a mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.head = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.w, self.b = nn.Parameter(torch.randn(8, 8)), nn.Parameter(torch.zeros(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        h = torch.nn.functional.linear(torch.softmax(q @ k.transpose(-2, -1) / 8**0.5, dim=-1) @ v, self.w, self.b)
+        return self.head(h.reshape(h.shape[0], -1, 4).reshape(h.shape[0], -1, 8).mean(1))
+
+
 def chain(k: int) -> nn.Sequential:
     return nn.Sequential(*[nn.Linear(3, 3) for _ in range(k)])
 
@@ -192,8 +207,12 @@ def test_every_parameter_of_every_arch_in_exactly_one_node(spec, shape):
         lambda: arch("resnet(depth=14,width=4)", (3, 8, 8)), lambda: (Residual(), X), lambda: (Concat(), X),
         lambda: arch("siren(hidden=16,layers=2)"), lambda: arch("fourier(hidden=16,layers=2,features=8)"),
         lambda: arch("pe(hidden=16,layers=2,frequencies=3)"), lambda: arch("classifier-mlp", (64,)),
+        lambda: (HandAttention(), torch.randn(2, 5, 8)),
     ],
-    ids=["cnn", "mlp", "resnet8", "resnet14", "residual", "concat", "siren", "fourier", "pe", "mlp-flat-input"],
+    ids=[
+        "cnn", "mlp", "resnet8", "resnet14", "residual", "concat", "siren", "fourier", "pe", "mlp-flat-input",
+        "hand-attention",
+    ],
 )  # fmt: skip
 def test_fx_and_autograd_give_the_same_graph(make):
     model, x = make()
@@ -202,6 +221,17 @@ def test_fx_and_autograd_give_the_same_graph(make):
     assert same_graph(a, b)
     # modules keep their qualified names either way
     assert [n.name for n in a.nodes if n.params] == [n.name for n in b.nodes if n.params]
+
+
+def test_hand_written_attention():
+    # input; q, k, v; q @ k^T (mul); softmax; @ v (mul); F.linear (linear, w and b); 2 reshapes; mean; head; output
+    g = build(HandAttention(), torch.randn(2, 5, 8))  # (the autograd walk gives the same: see above)
+    assert ops(g) == [
+        "input", "linear", "linear", "linear", "mul", "act", "mul", "linear", "flatten", "flatten", "global_pool",
+        "linear", "output",
+    ]  # fmt: skip
+    assert g.predecessors()[4] == [1, 2] and g.predecessors()[6] == [3, 5]
+    assert g.nodes[7].params == (("w", (8, 8)), ("b", (8,)))
 
 
 @pytest.mark.parametrize(
@@ -312,8 +342,8 @@ def test_transformer_layer_reads_through_the_autograd_walk():
         "conv", "flatten", "bias", "attention", "sum", "ln", "linear", "act", "linear", "sum", "ln", "ln", "linear"
     ]  # fmt: skip
     assert g.nodes[4].name == "enc.self_attn" and [p for p, _ in g.nodes[4].params] == [
-        "enc.self_attn.in_proj_weight", "enc.self_attn.in_proj_bias", "enc.self_attn.out_proj.weight",
-        "enc.self_attn.out_proj.bias",
+        "enc.self_attn.in_proj_weight", "enc.self_attn.out_proj.weight", "enc.self_attn.in_proj_bias",
+        "enc.self_attn.out_proj.bias",  # weights first
     ]  # fmt: skip
     assert g.predecessors()[5] == [3, 4]  # the residual around attention
 
@@ -355,9 +385,10 @@ def test_functional_ops_on_parameters_map_to_their_ops():
     class Functional(nn.Module):  # F.linear on its own parameters, then + a bias parameter
         def __init__(self) -> None:
             super().__init__()
-            self.w, self.b, self.shift = (
-                nn.Parameter(torch.randn(4, 3)),
+            # the bias registered first: the node still lists the weight first
+            self.b, self.w, self.shift = (
                 nn.Parameter(torch.zeros(4)),
+                nn.Parameter(torch.randn(4, 3)),
                 nn.Parameter(torch.zeros(4)),
             )
 
@@ -368,6 +399,7 @@ def test_functional_ops_on_parameters_map_to_their_ops():
     a, b = build(model, x, method="fx"), build(model, x, method="autograd")
     assert ops(a) == ["input", "linear", "act", "bias", "output"] and same_graph(a, b)
     assert a.nodes[1].params == (("w", (4, 3)), ("b", (4,))) and a.nodes[3].params == (("shift", (4,)),)
+    assert [n.name for n in a.nodes] == ["input", "w", "relu", "shift", "output"]
 
 
 def test_in_place_ops_on_the_input_and_several_outputs():

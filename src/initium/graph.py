@@ -42,9 +42,11 @@ A module called twice is two nodes; its parameters are on the first.
 
 Where the readings can differ (measured equal on every arch of ``initium.nn.ARCHS`` and 120 nets of
 the GHN's architecture space): a ``torch.flatten`` call that changes nothing (data already flat)
-is a node in a trace but no autograd node (an ``nn.Flatten`` of flat data is contracted in both); a
-functional op on batched (3-D) data outside a module (``F.linear(x3d, w)``) decomposes into views in
-autograd; and the autograd walk sees no non-differentiable path (integer inputs, ``detach``).
+is a node in a trace but no autograd node (an ``nn.Flatten`` of flat data is contracted in both);
+autograd runs a batched matrix product outside a module (``F.linear`` of 3-D data, ``q @ k.T``)
+with views around mm/bmm, which the walk contracts, so a reshape written right before or after
+such a product is a node in a trace only; and the autograd walk sees no non-differentiable path
+(integer inputs, ``detach``).
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ class GraphError(ValueError):
 class Node:
     """One op of the graph: ``op`` (one of :data:`OPS`), ``name`` (the module's qualified name, or
     the traced op's name for a structural op) and ``params``: ``(name in model.named_parameters(),
-    shape)`` pairs, weight first; ``()`` for structural ops."""
+    shape)`` pairs, weights (2-D and up) first, then vectors, each in the model's order; ``()`` for
+    structural ops."""
 
     op: str
     name: str
@@ -314,6 +317,10 @@ def _grad_category(fn: Any) -> str | None:
     return None
 
 
+def _is_matmul(fn: Any) -> bool:
+    return re.sub(r"Backward\d*$", "", type(fn).__name__) in ("Mm", "Bmm", "Addmm", "Baddbmm")
+
+
 def _resolve(category: str | None, n_data: int, has_params: bool) -> str | None:
     """The op of a call from its category, its number of data operands and whether it reads
     parameters: None contracts it, ``_UNSUPPORTED`` is a parameterised op outside the vocabulary."""
@@ -362,6 +369,10 @@ class _Params:
 
     def of_module(self, m: nn.Module) -> list[int]:
         return [self.pos[id(p)] for p in m.parameters() if id(p) in self.pos]
+
+    def weight_first(self, i: int) -> tuple[bool, int]:
+        """Sort key of parameters: weights (2-D and up) before vectors, each in the model's order."""
+        return len(self.shapes[i]) < 2, i
 
     def owner(self, i: int) -> tuple[str, str]:
         """(qualified name, type name) of the module that holds parameter ``i``."""
@@ -476,7 +487,8 @@ def _finalize(raws: list[_Raw], params: _Params, method: str, strict: bool, titl
     nodes = []
     for i in order:
         r = raws[i]
-        mine = [p for p in sorted(set(r.params)) if p not in seen]  # a module called twice: its first call
+        # weights (2-D and up) first, then vectors, each in the model's order; a module called twice: its first call
+        mine = [p for p in sorted(set(r.params), key=params.weight_first) if p not in seen]
         seen.update(mine)
         nodes.append(Node(r.op, r.name, tuple((params.names[p], params.shapes[p]) for p in mine)))  # type: ignore[arg-type]
     edges = sorted((index[j], index[i]) for i in kept for j in preds[i])
@@ -564,7 +576,7 @@ def _fetch_attr(model: nn.Module, target: str) -> Any:
 def _param_node_name(params: _Params, used: list[int]) -> str:
     """A functional op on parameters is named after the module holding them (the parameter itself
     for one of the model's own)."""
-    name = params.names[min(used)]
+    name = params.names[min(used, key=params.weight_first)]
     return name.rpartition(".")[0] or name
 
 
@@ -696,6 +708,12 @@ def _autograd_raw(model: nn.Module, example: torch.Tensor, params: _Params) -> l
         else:
             used.extend(param_leaves(c))
 
+    def through_views(fn: Any) -> list[Any]:
+        """``fn``, or the inputs of the reshapes that ``fn`` ends (not a module's output, not the input)."""
+        if fn in owner or fn is input_fn or _grad_category(fn) != "flatten":
+            return [fn]
+        return [d for c, _ in fn.next_functions if c is not None for d in through_views(c)]
+
     def owner_key(fn: Any) -> Any:
         return ("call", owner[fn]) if fn in owner else fn
 
@@ -723,11 +741,17 @@ def _autograd_raw(model: nn.Module, example: torch.Tensor, params: _Params) -> l
             op = op if op is not None else (_UNSUPPORTED if used else None)
             what = f"module {call.name!r} ({type(call.module).__name__})"
             return _Raw(op, call.name, used, data, what, call.name)
-        for c, _ in key.next_functions:
-            if c is not None:
-                operand(c, data, used)
+        category = _grad_category(key)
+        children = [c for c, _ in key.next_functions if c is not None]
+        # a matrix product of batched data runs as views around mm/bmm: the views are the product's
+        if _is_matmul(key):
+            children = [d for c in children for d in through_views(c)]
+        elif category == "flatten" and any(_is_matmul(c) for c in children):
+            category = None
+        for c in children:
+            operand(c, data, used)
         name = type(key).__name__
-        op = _resolve(_grad_category(key), len(data), bool(used))
+        op = _resolve(category, len(data), bool(used))
         what, module = params.describe_use(used, name) if used else ("", "")
         return _Raw(op, _param_node_name(params, used) if used else name, used, data, what, module)
 
