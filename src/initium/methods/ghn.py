@@ -710,15 +710,17 @@ class GHN(nn.Module):
         """One dict per graph: parameter name -> predicted tensor of exactly its shape,
         differentiable w.r.t. the GHN's parameters. ``mode``: ``"levels"`` (batched per topological
         level across the graphs) or ``"nodes"`` (GHN-2's per-node loop; the same function). A noise
-        GHN draws one ``noise_dim`` vector per node from ``generator`` (CPU; a fresh draw from the
-        global generator when ``None``), in graph order, so both modes draw the same noise."""
+        GHN draws one ``noise_dim`` vector per node from ``generator`` (on the generator's device; a
+        fresh draw from the global CPU generator when ``None``), in graph order, so both modes draw
+        the same noise."""
         batch = self._batch(graphs, mode, "predict")
         if batch is None:
             return []
         c = self.config
         z = self.norm(self._message_passing(batch, mode))
         if c.noise_dim:
-            noise = torch.randn(batch.n, c.noise_dim, generator=generator)
+            where = generator.device if generator is not None else torch.device("cpu")
+            noise = torch.randn(batch.n, c.noise_dim, generator=generator, device=where)
             z = torch.cat([z, noise.to(device=z.device, dtype=z.dtype)], dim=1)
         return self._decode(z, batch)
 
