@@ -305,8 +305,16 @@ def _classifier_node(graph: Graph) -> int | None:
     return None
 
 
-@functools.lru_cache(maxsize=256)
 def _graph_info(graph: Graph, cutoff: int) -> _GraphInfo:
+    """:func:`_read_graph`, cached for the last 256 graphs (a training run revisits its specs)."""
+    try:
+        hash(graph)
+    except TypeError:  # a hand-made graph holding lists: read it every time
+        return _read_graph(graph, cutoff)
+    return _read_graph_cached(graph, cutoff)
+
+
+def _read_graph(graph: Graph, cutoff: int) -> _GraphInfo:
     cls = _classifier_node(graph)
     slots, unpredicted = [], []
     for i, node in enumerate(graph.nodes):
@@ -331,6 +339,9 @@ def _graph_info(graph: Graph, cutoff: int) -> _GraphInfo:
         unpredicted=tuple(unpredicted),
         classifier=(graph.nodes[cls].params[0][0], tuple(graph.nodes[cls].params[0][1])) if cls is not None else None,
     )
+
+
+_read_graph_cached = functools.lru_cache(maxsize=256)(_read_graph)
 
 
 @dataclass
