@@ -93,6 +93,7 @@ Python API::
     report = ghn.fill(model, x[:2], net, bn_inputs=x[:256])   # or net(model, x[:2])
     report.unpredicted                                        # [] for a fully supported model
     preds = net.predict([initium.graph.build(model, x[:2])])  # differentiable dicts name -> tensor
+    states = net.encode([graph])                              # node states after message passing
     initium.create("ghn(noise=true)", seed=3)(model, x)      # the registered method
 """
 
