@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table as RichTable
 
@@ -147,6 +148,10 @@ def build_parser(task: str | None = None, *, abbrev: bool = True, probing: bool 
         "--out", type=Path, required=not probing, help="output folder (results.jsonl; resumes if it exists)"
     )
     run.add_argument("--report", action="store_true", help="then write the report (as `initium report OUT`)")
+    run.add_argument(
+        "--tensorboard", type=Path, default=None, metavar="DIR",
+        help="then write each run's curves, metrics and snapshots to DIR as TensorBoard runs (extra [tensorboard])",
+    )  # fmt: skip
     run.add_argument(
         "--save-weights",
         action="store_true",
@@ -281,6 +286,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         thresholds=args.thresholds, task_options=task_options,
         rules=_split_methods(args.rule) if args.rule else None, save_weights=args.save_weights,
     )  # fmt: skip
+    if args.tensorboard is not None:
+        from .tensorboard import require
+
+        try:
+            require()  # a missing package fails now, not after the sweep
+        except ImportError as exc:
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # keeps [tensorboard]
+            return 2
     me = distributed.init()  # under torchrun: one copy of this command per rank
     try:
         if not me.is_main:  # rank 0 shows the bar, prints the table and writes the report, once
@@ -296,6 +309,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_table(summarize(records))
     print_failures(records)
     console.print(f"results: {cfg.out / 'results.jsonl'}")
+    if args.tensorboard is not None:
+        from .tensorboard import write_runs
+
+        runs = write_runs(cfg.out, args.tensorboard, records)
+        console.print(f"tensorboard: {len(runs)} runs in {args.tensorboard} (tensorboard --logdir {args.tensorboard})")
     if args.report:
         _print_files(write_report(cfg.out))
     else:
