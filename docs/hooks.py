@@ -37,7 +37,8 @@ def on_config(config: Any, **_: Any) -> Any:
 
 
 def on_page_content(html: str, **_: Any) -> str:
-    return ROLE.sub(_ref, html)
+    # reST's "text::" before a literal block reads as "text:" (the block itself is Markdown's indented code)
+    return ROLE.sub(_ref, html).replace("<p>::</p>", "").replace("::</p>", ":</p>")
 
 
 HELP = re.compile(r"<!-- initium-help: ([a-z0-9 -]+) -->")
