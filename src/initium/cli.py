@@ -276,6 +276,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .report import summarize, write_report
     from .runner import RunConfig, run
 
+    if args.tensorboard is not None:
+        from .tensorboard import require
+
+        try:
+            require()  # a missing package fails now, not after the sweep
+        except ImportError as exc:
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # keeps [tensorboard]
+            return 2
     task_options = {k[5:]: v for k, v in vars(args).items() if k.startswith("task_")}
     if args.steps is not None and args.steps > MAX_STEPS:
         raise ValueError(f"--steps must be from 1 to {MAX_STEPS:_}, got {args.steps}")
@@ -286,14 +294,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         thresholds=args.thresholds, task_options=task_options,
         rules=_split_methods(args.rule) if args.rule else None, save_weights=args.save_weights,
     )  # fmt: skip
-    if args.tensorboard is not None:
-        from .tensorboard import require
-
-        try:
-            require()  # a missing package fails now, not after the sweep
-        except ImportError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # keeps [tensorboard]
-            return 2
     me = distributed.init()  # under torchrun: one copy of this command per rank
     try:
         if not me.is_main:  # rank 0 shows the bar, prints the table and writes the report, once
