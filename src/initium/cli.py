@@ -15,7 +15,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table as RichTable
 
@@ -277,6 +276,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .runner import RunConfig, run
 
     if args.tensorboard is not None:
+        from rich.markup import escape
+
         from .tensorboard import require
 
         try:
