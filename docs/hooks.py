@@ -37,8 +37,10 @@ def on_config(config: Any, **_: Any) -> Any:
 
 
 def on_page_content(html: str, **_: Any) -> str:
-    # reST's "text::" before a literal block reads as "text:" (the block itself is Markdown's indented code)
-    return ROLE.sub(_ref, html).replace("<p>::</p>", "").replace("::</p>", ":</p>")
+    # reST's "text::" before a literal block reads "text:", and "text. ::" reads "text." (the block
+    # itself is Markdown's indented code)
+    html = ROLE.sub(_ref, html)
+    return html.replace("<p>::</p>", "").replace(" ::</p>", "</p>").replace("::</p>", ":</p>")
 
 
 HELP = re.compile(r"<!-- initium-help: ([a-z0-9 -]+) -->")
