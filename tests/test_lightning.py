@@ -107,3 +107,23 @@ def test_batch_inputs_and_bad_arguments():
         InitCallback("rwf", batches=0)
     with pytest.raises(ValueError, match="closest"):
         InitCallback("noise", step=3)  # misspelt option: fails when the callback is built
+
+
+class DictRegressor(Regressor):
+    def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
+        return nn.functional.mse_loss(self(batch["coords"]), batch["value"])
+
+
+def test_callback_concatenates_batches_of_dicts(tmp_path):
+    x = torch.linspace(-1, 1, 64).unsqueeze(1).repeat(1, 2)
+    data = [{"coords": x[i], "value": x[i, :1].sin()} for i in range(64)]
+    loader = DataLoader(data, batch_size=16)  # default collate: dicts of stacked tensors
+    torch.manual_seed(0)
+    module = DictRegressor()
+    direct = copy.deepcopy(module)
+    initium.create("noise(steps=3,cache=False)", seed=7)(direct, x[:32])  # the first two batches
+    init, capture = InitCallback("noise(steps=3,cache=False)", seed=7, batches=2, inputs="coords"), Capture()
+    _trainer(tmp_path, 1, [init, capture]).fit(module, loader)
+    assert init.summary["inputs_shape"] == [32, 2] and init.summary["added"] == []
+    for k, v in direct.state_dict().items():
+        assert torch.equal(capture.state[k], v), k
