@@ -148,6 +148,10 @@ def build_parser(task: str | None = None, *, abbrev: bool = True, probing: bool 
     )
     run.add_argument("--report", action="store_true", help="then write the report (as `initium report OUT`)")
     run.add_argument(
+        "--tensorboard", type=Path, default=None, metavar="DIR",
+        help="then write each run's curves, metrics and snapshots to DIR as TensorBoard runs (extra [tensorboard])",
+    )  # fmt: skip
+    run.add_argument(
         "--save-weights",
         action="store_true",
         help="write each finished run's trained weights to OUT/weights/*.safetensors (its record names the file)",
@@ -314,6 +318,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .report import summarize, write_report
     from .runner import RunConfig, run
 
+    if args.tensorboard is not None:
+        from rich.markup import escape
+
+        from .tensorboard import require
+
+        try:
+            require()  # a missing package fails now, not after the sweep
+        except ImportError as exc:
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # keeps [tensorboard]
+            return 2
     task_options = {k[5:]: v for k, v in vars(args).items() if k.startswith("task_")}
     if args.steps is not None and args.steps > MAX_STEPS:
         raise ValueError(f"--steps must be from 1 to {MAX_STEPS:_}, got {args.steps}")
@@ -339,6 +353,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_table(summarize(records))
     print_failures(records)
     console.print(f"results: {cfg.out / 'results.jsonl'}")
+    if args.tensorboard is not None:
+        from .tensorboard import write_runs
+
+        runs = write_runs(cfg.out, args.tensorboard, records)
+        console.print(f"tensorboard: {len(runs)} runs in {args.tensorboard} (tensorboard --logdir {args.tensorboard})")
     if args.report:
         _print_files(write_report(cfg.out))
     else:
