@@ -54,18 +54,17 @@ def test_readme_python_block_runs_as_written(line, code, tmp_path, monkeypatch):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__main__"})
-    assert out.getvalue().strip(), f"the block at README.md:{line} prints nothing; show its result"
+    printed = out.getvalue()
+    assert printed.strip(), f"the block at README.md:{line} prints nothing; show its result"
+    # What the README says of a block's output must hold: the noise-pretraining snippet prints a
+    # PSNR per init, and the text under it says noise pretraining is several dB ahead.
+    psnr = dict(re.findall(r"^(\w+)\s+PSNR after 100 steps: ([\d.]+) dB", printed, re.M))
+    if psnr:
+        assert set(psnr) == {"default", "noise"} and float(psnr["noise"]) > float(psnr["default"]) + 2, psnr
 
 
-def test_noise_pretraining_snippet_shows_its_gain(tmp_path, monkeypatch, capsys):
-    """The first snippet prints PSNR for the default init and for noise pretraining; the README
-    says the second is higher, so it must be."""
-    line, code = python_blocks()[0]
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("INITIUM_CACHE", str(tmp_path / "cache"))
-    exec(compile(code, f"README.md:{line}", "exec"), {"__name__": "__main__"})
-    psnr = dict(re.findall(r"^(\w+)\s+PSNR after 100 steps: ([\d.]+) dB", capsys.readouterr().out, re.M))
-    assert set(psnr) == {"default", "noise"} and float(psnr["noise"]) > float(psnr["default"]) + 2
+def test_the_first_block_is_the_noise_pretraining_comparison():
+    assert "PSNR after 100 steps" in python_blocks()[0][1] and "noise_pretrain" in python_blocks()[0][1]
 
 
 def test_list_methods_comment_lists_what_it_returns():
