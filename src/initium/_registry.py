@@ -23,7 +23,8 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 __all__ = [
-    "Registry", "SpecError", "UnknownNameError", "build_config", "matching", "parse_literal", "parse_spec", "summary",
+    "Registry", "SpecError", "UnknownNameError", "build_config", "config_doc", "field_help", "matching",
+    "parse_literal", "parse_spec", "plain_doc", "summary",
 ]  # fmt: skip
 
 
@@ -66,6 +67,36 @@ def summary(doc: str | None) -> str:
     if len(first) > SUMMARY_CHARS:
         first = first[: SUMMARY_CHARS - 3].rsplit(" ", 1)[0].rstrip(",;:.") + "..."
     return first
+
+
+def plain_doc(doc: str) -> str:
+    """A docstring as help text: one paragraph, reST's double backticks made single, roles dropped."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", " ".join(doc.split())).replace("``", "`")
+
+
+def config_doc(config: type) -> str:
+    """The docstrings of ``config`` and of the config classes it extends (DIP's shared options)."""
+    own = [c.__doc__ for c in config.__mro__ if dataclasses.is_dataclass(c) and "__doc__" in vars(c)]
+    return " ".join(plain_doc(d) for d in own if d)
+
+
+def field_help(config: type, name: str, default: Any) -> str:
+    """``initium run TASK --help``'s text for the option ``--name``: the clauses of the config's
+    docstring that begin with ````name```` (````name````:, ````name```` is ..., ````name=...````), each
+    up to the next such clause or the end of its sentence, then the default. Configs document their
+    fields in their docstrings, so the explanations live in one place."""
+    text, fields = config_doc(config), {f.name for f in dataclasses.fields(config)}
+    starts = [
+        (m.start(), m.group(1))
+        for m in re.finditer(r"`(\w+)(?:`[:\s]|=)", text)
+        if m.group(1) in fields and (m.start() == 0 or text[m.start() - 2 : m.start()] in (". ", "; ", ", "))
+    ]
+    about = []
+    for (start, field), (end, _) in zip(starts, [*starts[1:], (len(text), "")], strict=True):
+        if field == name:
+            clause = re.split(r"\.\s+(?=[A-Z])", text[start:end], maxsplit=1)[0]
+            about.append(clause.rstrip(",;. "))
+    return "; ".join([*about, f"default: {default!r}"]).replace("%", "%%")
 
 
 def split_top(text: str, sep: str) -> list[str]:

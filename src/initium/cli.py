@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import io
 import logging
-import re
 import sys
 import typing
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table as RichTable
 
 from . import distributed
-from ._registry import UnknownNameError, closest, matching, parse_literal, split_top
+from ._registry import UnknownNameError, closest, config_doc, field_help, matching, parse_literal, split_top
 from .cache import CacheError, InitCache
 from .methods import METHODS, RULES
 from .nn import ARCHS
@@ -80,12 +79,12 @@ def _tuple_option(text: str) -> tuple[Any, ...]:
 def _add_config_options(parser: argparse.ArgumentParser, config: type) -> None:
     """One ``--option`` per field of a task's config dataclass, with its default and the part of the
     config's docstring that explains it (the whole docstring heads the group)."""
-    group = parser.add_argument_group(f"{config.__name__} options", _config_doc(config))
+    group = parser.add_argument_group(f"{config.__name__} options", config_doc(config))
     hints = typing.get_type_hints(config)
     for f in dataclasses.fields(config):
         hint, flag = hints[f.name], "--" + f.name.replace("_", "-")
         kw: dict[str, Any] = {
-            "dest": f"task_{f.name}", "default": argparse.SUPPRESS, "help": _field_help(config, f.name, f.default),
+            "dest": f"task_{f.name}", "default": argparse.SUPPRESS, "help": field_help(config, f.name, f.default),
         }  # fmt: skip
         if hint is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
@@ -97,36 +96,6 @@ def _add_config_options(parser: argparse.ArgumentParser, config: type) -> None:
             group.add_argument(flag, type=_tuple_option, metavar="A,B,...", **kw)
         else:
             group.add_argument(flag, metavar=f.name.upper(), **kw)
-
-
-def _plain(doc: str) -> str:
-    """A docstring as help text: one paragraph, reST's double backticks made single, roles dropped."""
-    return re.sub(r":\w+:`~?([^`]+)`", r"\1", " ".join(doc.split())).replace("``", "`")
-
-
-def _config_doc(config: type) -> str:
-    """The docstrings of ``config`` and of the config classes it extends (DIP's shared options)."""
-    own = [c.__doc__ for c in config.__mro__ if dataclasses.is_dataclass(c) and "__doc__" in vars(c)]
-    return " ".join(_plain(d) for d in own if d)
-
-
-def _field_help(config: type, name: str, default: Any) -> str:
-    """``--name``'s help: the clauses of the config's docstring that begin with ````name````
-    (````name````:, ````name```` is ..., ````name=...````), each up to the next such clause or the
-    end of its sentence, then the default. Configs document their fields in their docstrings, so
-    the explanations live in one place."""
-    text, fields = _config_doc(config), {f.name for f in dataclasses.fields(config)}
-    starts = [
-        (m.start(), m.group(1))
-        for m in re.finditer(r"`(\w+)(?:`[:\s]|=)", text)
-        if m.group(1) in fields and (m.start() == 0 or text[m.start() - 2 : m.start()] in (". ", "; ", ", "))
-    ]
-    about = []
-    for (start, field), (end, _) in zip(starts, [*starts[1:], (len(text), "")], strict=True):
-        if field == name:
-            clause = re.split(r"\.\s+(?=[A-Z])", text[start:end], maxsplit=1)[0]
-            about.append(clause.rstrip(",;. "))
-    return "; ".join([*about, f"default: {default!r}"]).replace("%", "%%")
 
 
 def build_parser(task: str | None = None, *, abbrev: bool = True, probing: bool = False) -> argparse.ArgumentParser:
