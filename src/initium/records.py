@@ -24,7 +24,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_RULE", "ELAPSED", "FINISHED_FIELDS", "LOGITS", "PLOT_KINDS", "RECORD_FIELDS", "RESULTS", "STEP_UNITS",
     "MetricSpec", "PlotSpec", "cache_hit", "identity", "latest", "load_results", "metric_series", "past_ceiling",
-    "read_records", "seconds_to", "shard_files", "shard_path", "spec_of", "steps_to", "value_at",
+    "read_records", "reference_path", "seconds_to", "shard_files", "shard_path", "spec_of", "steps_to", "value_at",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -243,6 +243,15 @@ def seconds_to(rec: Mapping[str, Any], threshold: float) -> float | None:
     if k is None or elapsed[k] is None:
         return None
     return float(rec.get("wall", {}).get("init_s", 0.0)) + float(elapsed[k])
+
+
+def reference_path(out: Path, rec: Mapping[str, Any]) -> Path | None:
+    """The picture a run's snapshots are compared with (``record["reference"]``, relative to the
+    results folder ``out``: one per task config, so two images can share a folder), else the
+    folder's single ``reference.safetensors`` of records from before; ``None`` when there is none."""
+    ref = rec.get("reference")
+    path = out / ref if isinstance(ref, str) else out / "reference.safetensors"
+    return path if path.exists() else None
 
 
 def metric_series(rec: Mapping[str, Any]) -> tuple[list[int], list[float | None]]:

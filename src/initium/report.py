@@ -40,6 +40,7 @@ from .records import (
     load_results,
     metric_series,
     past_ceiling,
+    reference_path,
     seconds_to,
     spec_of,
     steps_to,
@@ -419,13 +420,6 @@ def _shown_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return min(runs, key=lambda r: r.get("seed", 0))
 
 
-def _reference(out: Path, rec: dict[str, Any]) -> Path | None:
-    """The picture a run's snapshots are compared with: its own (``rec["reference"]``), else the
-    folder's single one (records from before one picture per task config)."""
-    path = out / rec["reference"] if isinstance(rec.get("reference"), str) else out / "reference.safetensors"
-    return path if path.exists() else None
-
-
 def plot_reconstructions(groups: dict[str, list[dict[str, Any]]], out: Path, path: Path) -> Path | None:
     """Predictions of each method's lowest seed (:func:`_shown_run`) at the snapshot steps, beside
     that run's target."""
@@ -436,7 +430,7 @@ def plot_reconstructions(groups: dict[str, list[dict[str, Any]]], out: Path, pat
     if not snaps:
         return None
     steps = sorted({int(k[5:]) for s in snaps.values() for k in s}, key=int)
-    refs = {label: _reference(out, shown[label]) for label in snaps}
+    refs = {label: reference_path(out, shown[label]) for label in snaps}
     cols = len(steps) + any(ref is not None for ref in refs.values())
     fig, axes = plt.subplots(
         len(snaps), cols, figsize=(2.2 * cols, 2.3 * len(snaps)), layout="constrained", squeeze=False

@@ -9,7 +9,7 @@ method or learning rule by name: one TensorBoard run (a subfolder of ``DIR``) pe
 - ``final/<key>``: each curve key's last value, ``steps_to/<threshold>``: the first step that
   reached each threshold, ``wall/init_s`` and ``wall/train_s``: the run's timings;
 - ``reconstruction``: the snapshots the record points to (the report's reconstructions), as images
-  at their steps, and ``target``: the reference picture of the folder, where the task has one;
+  at their steps, and ``target``: the run's reference picture, where the task has one;
 - ``config``: the record's method, architecture and task configs, as text.
 
 Each call rewrites a run's events from its record (the run's old event files are removed first),
@@ -26,7 +26,7 @@ from typing import Any
 
 from safetensors.numpy import load_file
 
-from .records import DEFAULT_RULE, load_results
+from .records import DEFAULT_RULE, load_results, reference_path
 
 __all__ = ["require", "run_name", "write_runs"]
 
@@ -57,8 +57,6 @@ def write_runs(out: str | Path, logdir: str | Path, records: list[dict[str, Any]
     writer_class = require()
     out, logdir = Path(out), Path(logdir)
     records = load_results(out) if records is None else records
-    reference = out / "reference.safetensors"
-    target = load_file(reference)["image"] if reference.exists() else None
     written: list[Path] = []
     names: dict[str, int] = {}
     for rec in records:
@@ -73,6 +71,8 @@ def write_runs(out: str | Path, logdir: str | Path, records: list[dict[str, Any]
         for old in folder.glob(EVENTS_GLOB):
             old.unlink()
         writer = writer_class(log_dir=str(folder))
+        reference = reference_path(out, rec)  # this run's picture: a folder can hold several images
+        target = load_file(reference)["image"] if reference is not None else None
         try:
             _write(writer, rec, out, target)
         finally:
