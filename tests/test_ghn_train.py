@@ -88,3 +88,18 @@ def test_bad_options_fail_before_any_work(tmp_path):
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(ValueError, match="not empty"):
         ghn_train.train(tmp_path / "full", steps=1)
+
+
+@pytest.mark.slow
+def test_a_tiny_ghn_predicts_held_out_nets_well_above_chance(tmp_path):
+    """300 meta-batches on digits' training split; then 5 held-out specs of the space (never trained
+    on) with every parameter predicted and no training reach a mean test accuracy of at least 50%
+    (chance: 10%; each must beat 20%), on the real test split."""
+    from initium.nn import split_space
+
+    kw = dict(steps=300, meta_batch=4, batch_size=32, train_specs=200, held_out=20, eval_specs=0, lr=3e-3)
+    ghn = ghn_train.train(tmp_path / "ghn", **kw)
+    held = split_space("small", train=200, held_out=20)[1][:5]
+    task = ghn_train.task_data("digits", torch.device("cpu"))
+    accs = ghn_train.accuracy(ghn, held, task, split="test")
+    assert sum(accs) / len(accs) >= 0.5 and min(accs) > 0.2, list(zip(held, accs, strict=True))

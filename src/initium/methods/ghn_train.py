@@ -48,7 +48,7 @@ from .. import distributed
 from ..nn import split_space
 from ..train import Checkpoint, ProgressFn, Steps, TrainingDiverged, adam, cosine, loop, progress_hook, sgd
 
-__all__ = ["GHNTrainConfig", "accuracy", "new_ghn", "train"]
+__all__ = ["GHNTrainConfig", "accuracy", "new_ghn", "task_data", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def new_ghn(cfg: GHNTrainConfig, num_classes: int, ghn_config: Any = None) -> nn
         return ghn_module.GHN(dataclasses.replace(base, **overrides))
 
 
-def _task(dataset: str, device: torch.device) -> Any:
+def task_data(dataset: str, device: torch.device) -> Any:
     """The classify task's data (its train / validation / test split): the GHN trains on its
     training split only."""
     from ..tasks import TASKS
@@ -267,7 +267,7 @@ def train(
                 " per rank"
             )
         dev = distributed.device_for(me, device)
-        task = _task(cfg.dataset, dev)
+        task = task_data(cfg.dataset, dev)
         train_list, held_list = split_space(cfg.space, cfg.train_specs, cfg.held_out)
         nets = _Nets(task, task.inputs[:2])
         ghn = new_ghn(cfg, task.num_classes, ghn_config).to(dev)
