@@ -265,7 +265,14 @@ def _add_train_ghn_parser(tsub: Any) -> None:
             flag, type=kind, default=getattr(defaults, name), help=f"{text} (default {getattr(defaults, name)})"
         )
     ghn.add_argument("--noise", action="store_true", help="a noise GHN: noise per node, two passes, diversity loss")
-    ghn.add_argument("--hidden", type=int, default=None, help="the GHN's node embedding width (default: GHNConfig's)")
+    ghn.add_argument("--hidden", type=int, default=None, help="the GHN's node state width (default: GHNConfig's)")
+    ghn.add_argument("--block", type=int, default=None, help="channels of the decoded block (default: GHNConfig's)")
+    ghn.add_argument(
+        "--decoder",
+        type=_tuple_option,
+        default=None,
+        help="the conv decoder's hidden widths D0,D1 (default: GHNConfig's)",
+    )
     ghn.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
 
 
@@ -527,7 +534,8 @@ def _train_ghn(args: argparse.Namespace) -> int:
 
     from .methods import ghn, ghn_train
 
-    config = None if args.hidden is None else dataclasses.replace(ghn.GHNConfig(), hidden=args.hidden)
+    sizes = {k: getattr(args, k) for k in ("hidden", "block", "decoder") if getattr(args, k) is not None}
+    config = dataclasses.replace(ghn.GHNConfig(), **sizes) if sizes else None
     command = shlex.join(["initium", *getattr(args, "argv", sys.argv[1:])])
     me = distributed.init()  # under torchrun: the ranks split every meta-batch
     try:
