@@ -16,8 +16,11 @@ Parts, each printed as markdown tables (and kept in OUT/*.json):
   logits) and the report's ensemble code (``initium.report.ensemble_results``: accuracy, NLL, ECE,
   Brier, member disagreement; clean digits and corruption severities, ``initium.tasks.corruptions``).
 
-    OMP_NUM_THREADS=1 python benchmarks/ghn.py --parts eval,ensembles --out runs/bench/ghn \\
+    OMP_NUM_THREADS=1 python benchmarks/ghn.py --parts eval,report,ensembles --out runs/bench/ghn \\
         --noise-ghn runs/ghn-noise
+    # the eval part in 4 parallel processes, then the merged tables:
+    for k in 0 1 2 3; do OMP_NUM_THREADS=1 python benchmarks/ghn.py --parts eval --shard $k/4 & done; wait
+    python benchmarks/ghn.py --parts report,ensembles --noise-ghn runs/ghn-noise
 """
 
 from __future__ import annotations
@@ -90,8 +93,10 @@ def part_eval(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
     seeds = list(range(args.seeds))
     results: dict[str, Any] = {"ghn": args.ghn or "bundled", "seeds": seeds, "groups": {}}
+    k, n = (int(v) for v in args.shard.split("/"))
     for name in args.groups.split(","):
         specs, epochs = groups[name]
+        specs = specs[k::n]  # this process's share (--shard K/N): parallel processes, merged by part "report"
         t0 = time.perf_counter()
         rows = []
         for spec in specs:
@@ -101,8 +106,26 @@ def part_eval(out: Path, args: argparse.Namespace) -> dict[str, Any]:
             rows.append(row)
         results["groups"][name] = {"rows": rows, "epochs": epochs, "seconds": time.perf_counter() - t0}
         _print_group(name, rows, epochs, len(seeds))
-    (out / f"eval-{args.groups.replace(',', '-')}.json").write_text(json.dumps(results, indent=1))
+    (out / f"eval-{args.groups.replace(',', '-')}-{k}of{n}.json").write_text(json.dumps(results, indent=1))
     return results
+
+
+def part_report(out: Path) -> dict[str, Any]:
+    """The eval part's tables from every OUT/eval-*.json (the shards of parallel processes), merged."""
+    merged: dict[str, Any] = {}
+    for path in sorted(out.glob("eval-*.json")):
+        data = json.loads(path.read_text())
+        for name, g in data["groups"].items():
+            slot = merged.setdefault(name, {"rows": [], "epochs": g["epochs"], "seconds": 0.0, "seeds": data["seeds"]})
+            slot["rows"] += g["rows"]
+            slot["seconds"] += g["seconds"]
+    for name in ("held-out", "ood", "hand-written"):
+        if name in merged:
+            g = merged[name]
+            _print_group(name, g["rows"], g["epochs"], len(g["seeds"]))
+            print(f"\n({len(g['rows'])} specs, {g['seconds']:.0f} s of process time)")
+    (out / "eval.json").write_text(json.dumps(merged, indent=1))
+    return merged
 
 
 def _print_group(name: str, rows: list[dict[str, Any]], epochs: int, seeds: int) -> None:
@@ -163,7 +186,7 @@ def part_ensembles(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/bench/ghn"))
-    p.add_argument("--parts", default="eval,ensembles", help="comma-separated: eval, ensembles")
+    p.add_argument("--parts", default="eval,report,ensembles", help="comma-separated: eval, report, ensembles")
     p.add_argument("--ghn", default=None, help="the GHN folder (default: the bundled GHN)")
     p.add_argument("--noise-ghn", default=None, help="a noise GHN folder (initium train ghn --noise) for ensembles")
     p.add_argument("--held", type=int, default=50, help="held-out specs of the GHN's space")
@@ -172,6 +195,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1, help="epochs of training of the held-out and ood specs")
     p.add_argument("--hand-epochs", type=int, default=5, help="epochs of training of the hand-written nets")
     p.add_argument("--groups", default="held-out,ood,hand-written", help="eval part: comma-separated groups")
+    p.add_argument("--shard", default="0/1", help="eval part: K/N, this process takes every N-th spec from the K-th")
     p.add_argument("--ens-size", type=int, default=5)
     p.add_argument("--ens-epochs", type=int, default=1)
     args = p.parse_args()
@@ -182,6 +206,8 @@ def main() -> None:
     t0 = time.perf_counter()
     if "eval" in parts:
         part_eval(args.out, args)
+    if "report" in parts:
+        part_report(args.out)
     if "ensembles" in parts:
         part_ensembles(args.out, args)
     print(f"\ntotal wall time: {time.perf_counter() - t0:.0f} s")
