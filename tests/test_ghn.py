@@ -152,8 +152,12 @@ def test_levels_and_nodes_modes_agree(net: ghn.GHN, noisy: ghn.GHN) -> None:
             for k in pa:
                 torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-5)
     with torch.no_grad():
+        states = net.encode(gs), net.encode(gs, mode="nodes")
         alone = net.predict([gs[1]])[0]
         joined = net.predict(gs)[1]
+    for g, a, b in zip(gs, *states, strict=True):
+        assert a.shape == (len(g.nodes), net.config.hidden)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     for k in alone:
         torch.testing.assert_close(alone[k], joined[k], rtol=1e-4, atol=1e-5)
 
@@ -317,10 +321,15 @@ def test_method_plain_and_noise(net: ghn.GHN, noisy: ghn.GHN, tmp_path) -> None:
         return model.conv2.weight.detach().clone()
 
     assert torch.equal(weights(f"ghn(path={plain})", 0), weights(f"ghn(path={plain})", 1))
-    assert torch.equal(weights(f"ghn(path={noise},noise=true)", 3), weights(f"ghn(path={noise},noise=true)", 3))
-    assert not torch.allclose(weights(f"ghn(path={noise},noise=true)", 3), weights(f"ghn(path={noise},noise=true)", 4))
+    described = initium.create(f"ghn(path={plain})").describe()[0]
+    assert (
+        described["weights_sha256"]
+        == json.loads((tmp_path / "plain" / ghn.CONFIG_FILE).read_text())["weights"]["sha256"]
+    )
+    assert torch.equal(weights(f"ghn(path={noise},noise=True)", 3), weights(f"ghn(path={noise},noise=True)", 3))
+    assert not torch.allclose(weights(f"ghn(path={noise},noise=True)", 3), weights(f"ghn(path={noise},noise=True)", 4))
     with pytest.raises(ghn.GHNError, match=r"without noise"):
-        initium.create(f"ghn(path={plain},noise=true)")
+        initium.create(f"ghn(path={plain},noise=True)")
     with pytest.raises(ghn.GHNError, match=r"needs inputs"):
         initium.create(f"ghn(path={plain})")(SmallCNN(), None)
     with pytest.raises(ghn.GHNError, match=r"5 outputs"):

@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 
 import sys as _sys
 
+from . import graph as graph
 from . import nn as nn
 from . import tasks as tasks
 from . import zoo as zoo

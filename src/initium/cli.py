@@ -169,6 +169,7 @@ def build_parser(task: str | None = None, *, abbrev: bool = True, probing: bool 
     sub.add_parser("list", help="registered methods, tasks, architectures and bundled images")
     _add_zoo_parser(sub)
     _add_train_parser(sub)
+    _add_graph_parser(sub)
     return parser
 
 
@@ -203,6 +204,48 @@ def _add_zoo_parser(sub: Any) -> None:
     verify = zsub.add_parser("verify", help="check every net's file against its sha256; exit 1 if any is bad")
     verify.add_argument("zoo", type=Path)
     verify.add_argument("--fix", action="store_true", help="remove bad rows, their files and files without a row")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """``1,8,8`` -> ``(1, 8, 8)``: one sample's shape."""
+    try:
+        shape = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"--input-shape takes one sample's sizes such as 1,8,8, got {text!r}")
+    return shape
+
+
+def _add_graph_parser(sub: Any) -> None:
+    """``initium graph show`` (:mod:`initium.graph`)."""
+    graph = sub.add_parser("graph", help="the computational graph a graph hypernetwork reads")
+    gsub = graph.add_subparsers(dest="graph_command", required=True)
+    show = gsub.add_parser("show", help="print a model's graph (one line per node), optionally plot it")
+    show.add_argument("--arch", required=True, help="architecture spec, e.g. 'resnet(depth=8,width=8)'")
+    show.add_argument(
+        "--input-shape", type=_shape, default=None,
+        help="one input's shape, e.g. 1,8,8 (default: digits' 1,8,8 for classifiers, 2 for coordinate nets)",
+    )  # fmt: skip
+    show.add_argument("--cutoff", type=int, default=50, help="virtual-edge cutoff (shortest-path length, default 50)")
+    show.add_argument("--method", choices=("auto", "fx", "autograd"), default="auto", help="how to read the graph")
+    show.add_argument("--strict", action="store_true", help="fail on an op the vocabulary cannot represent")
+    show.add_argument("--plot", type=Path, default=None, help="also draw the graph to this PNG file")
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from . import graph
+
+    model, x = graph.arch_example(args.arch, args.input_shape)
+    g = graph.build(model, x, strict=args.strict, method=args.method)
+    out_console.print(g.describe(), markup=False, highlight=False, soft_wrap=True)
+    virtual = g.virtual_edges(args.cutoff)
+    out_console.print(
+        f"{len(g.levels())} levels; {len(virtual)} virtual edges (2 <= distance <= {args.cutoff})", highlight=False
+    )
+    if args.plot is not None:
+        console.print(f"plot: {graph.plot(g, args.plot)}")
+    return 0
 
 
 def _add_train_parser(sub: Any) -> None:
@@ -603,6 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format=f"{where}%(message)s", handlers=[handler])
     commands = {
         "run": cmd_run, "report": cmd_report, "cache": cmd_cache, "list": cmd_list, "zoo": cmd_zoo, "train": cmd_train,
+        "graph": cmd_graph,
     }  # fmt: skip
     try:
         return commands[args.command](args)

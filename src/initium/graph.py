@@ -35,12 +35,24 @@ on parameters map too (``F.linear``/``x @ W`` -> linear, ``F.conv2d`` -> conv, `
 parameter ``b`` -> bias ...). A parameterised op outside this vocabulary (``nn.Embedding``, RNNs, a
 parameter multiplied into the data) raises :class:`GraphError` naming the module; with
 ``strict=False`` it is contracted, its parameters are in no node, and its module is listed in
-:attr:`Graph.unsupported` (and logged as a warning).
+:attr:`Graph.unsupported` (and logged as a warning). So is a parameter that does not reach the
+output (a module never called, or called with its result dropped). Reshapes (``view``, ``reshape``,
+``flatten``) are flatten nodes, not contracted: they change what the next linear layer sees.
+A module called twice is two nodes; its parameters are on the first.
+
+Where the readings can differ (measured equal on every arch of ``initium.nn.ARCHS`` and 120 nets of
+the GHN's architecture space): a ``torch.flatten`` call that changes nothing (data already flat)
+is a node in a trace but no autograd node (an ``nn.Flatten`` of flat data is contracted in both);
+autograd runs a batched matrix product outside a module (``F.linear`` of 3-D data, ``q @ k.T``)
+with views around mm/bmm, which the walk contracts, so a reshape written right before or after
+such a product is a node in a trace only; and the autograd walk sees no non-differentiable path
+(integer inputs, ``detach``).
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import re
 from collections.abc import Iterator
@@ -54,7 +66,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-__all__ = ["OPS", "Graph", "GraphError", "Node", "build", "plot"]
+from ._io import atomic_write_bytes
+
+__all__ = ["OPS", "Graph", "GraphError", "Node", "arch_example", "build", "plot"]
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +92,8 @@ class GraphError(ValueError):
 class Node:
     """One op of the graph: ``op`` (one of :data:`OPS`), ``name`` (the module's qualified name, or
     the traced op's name for a structural op) and ``params``: ``(name in model.named_parameters(),
-    shape)`` pairs, weight first; ``()`` for structural ops."""
+    shape)`` pairs, weights (2-D and up) first, then vectors, each in the model's order; ``()`` for
+    structural ops."""
 
     op: str
     name: str
@@ -157,10 +172,15 @@ class Graph:
         preds = self.predecessors()
         width = max(len(n.name) for n in self.nodes)
         for i, node in enumerate(self.nodes):
-            shapes = ", ".join(f"{p.rsplit('.', 1)[-1]} {'x'.join(map(str, s)) or 'scalar'}" for p, s in node.params)
+            shapes = ", ".join(f"{_short(p, node.name)} {'x'.join(map(str, s)) or 'scalar'}" for p, s in node.params)
             inputs = ",".join(map(str, preds[i]))
             lines.append(f"{i:>4}  {node.op:<11} {node.name:<{width}}  {shapes:<34} <- {inputs}".rstrip(" <-"))
         return "\n".join(lines)
+
+
+def _short(param: str, node: str) -> str:
+    """A parameter's name relative to its node's module (``weight``, ``out_proj.weight``)."""
+    return param[len(node) + 1 :] if param.startswith(node + ".") else param
 
 
 def _check_cutoff(cutoff: int) -> int:
@@ -297,6 +317,10 @@ def _grad_category(fn: Any) -> str | None:
     return None
 
 
+def _is_matmul(fn: Any) -> bool:
+    return re.sub(r"Backward\d*$", "", type(fn).__name__) in ("Mm", "Bmm", "Addmm", "Baddbmm")
+
+
 def _resolve(category: str | None, n_data: int, has_params: bool) -> str | None:
     """The op of a call from its category, its number of data operands and whether it reads
     parameters: None contracts it, ``_UNSUPPORTED`` is a parameterised op outside the vocabulary."""
@@ -346,15 +370,22 @@ class _Params:
     def of_module(self, m: nn.Module) -> list[int]:
         return [self.pos[id(p)] for p in m.parameters() if id(p) in self.pos]
 
+    def weight_first(self, i: int) -> tuple[bool, int]:
+        """Sort key of parameters: weights (2-D and up) before vectors, each in the model's order."""
+        return len(self.shapes[i]) < 2, i
+
     def owner(self, i: int) -> tuple[str, str]:
         """(qualified name, type name) of the module that holds parameter ``i``."""
         prefix = self.names[i].rpartition(".")[0]
         return prefix, type(self.model.get_submodule(prefix)).__name__
 
     def describe_use(self, params: list[int], how: str) -> tuple[str, str]:
+        """(what the error says about this use of parameters, the name Graph.unsupported lists: the module,
+        or the parameter itself for one of the model's own)."""
         prefix, kind = self.owner(params[0])
         names = ", ".join(repr(self.names[i]) for i in params)
-        return f"module {prefix or '(the model itself)'!r} ({kind}): parameter {names} used by {how}", prefix
+        where = f"module {prefix!r} ({kind})" if prefix else f"the model itself ({kind})"
+        return f"{where}: parameter {names} used by {how}", prefix or self.names[params[0]]
 
 
 def _is_leaf(m: nn.Module, name: str) -> bool:
@@ -363,7 +394,12 @@ def _is_leaf(m: nn.Module, name: str) -> bool:
     through, op by op."""
     if _module_op(m) is not None:
         return True
-    return fx.Tracer().is_leaf_module(m, name) and next(m.children(), None) is None
+    return _default_tracer().is_leaf_module(m, name) and next(m.children(), None) is None
+
+
+@functools.cache
+def _default_tracer() -> fx.Tracer:
+    return fx.Tracer()
 
 
 class _Tracer(fx.Tracer):
@@ -375,8 +411,6 @@ def _finalize(raws: list[_Raw], params: _Params, method: str, strict: bool, titl
     """Contract, prune, order canonically and check a raw graph (``raws`` topologically ordered,
     the input first and the output last)."""
     bad = [r for r in raws if r.op == _UNSUPPORTED]
-    covered = {p for r in raws for p in r.params}
-    unused = [params.names[i] for i in range(len(params.names)) if i not in covered]
     if strict and bad:
         others = f" (and {len(bad) - 1} more: {', '.join(r.module for r in bad[1:])})" if len(bad) > 1 else ""
         raise GraphError(
@@ -386,22 +420,13 @@ def _finalize(raws: list[_Raw], params: _Params, method: str, strict: bool, titl
             " the graph without it (its parameters in no node, listed in Graph.unsupported), or replace it"
             " with supported layers"
         )
-    if strict and unused:
-        raise GraphError(
-            f"parameters {unused[:5]}{' ...' if len(unused) > 5 else ''} are not used by the forward pass on the"
-            " example input, so no node can hold them; pass strict=False to list their modules as unsupported,"
-            " or remove them from the model"
-        )
     unsupported: list[str] = []
+    left_out: set[int] = set()
     for r in bad:
         log.warning("graph: leaving out %s (not in the graph vocabulary); its parameters are in no node", r.what)
+        left_out.update(r.params)
         r.op, r.params = None, []
         unsupported.append(r.module)
-    for name in unused:
-        owner = name.rpartition(".")[0]
-        log.warning("graph: parameter %r is not used by the forward pass; it is in no node", name)
-        unsupported.append(owner)
-    unsupported = list(dict.fromkeys(unsupported))
 
     # contract: a contracted node's consumers read its own sources
     n = len(raws)
@@ -419,6 +444,19 @@ def _finalize(raws: list[_Raw], params: _Params, method: str, strict: bool, titl
             for j in sources[i]:
                 alive[j] = True
     kept = [i for i in range(n) if alive[i] and raws[i].op is not None]
+
+    covered = left_out.union(*(raws[i].params for i in kept))
+    unused = [params.names[i] for i in range(len(params.names)) if i not in covered]
+    if strict and unused:
+        raise GraphError(
+            f"parameters {unused[:5]}{' ...' if len(unused) > 5 else ''} do not contribute to the model's output on"
+            " the example input, so no node can hold them; pass strict=False to list their modules as unsupported,"
+            " or remove them from the model"
+        )
+    for name in unused:
+        log.warning("graph: parameter %r does not contribute to the output; it is in no node", name)
+        unsupported.append(name.rpartition(".")[0] or name)
+    unsupported = list(dict.fromkeys(unsupported))
     preds = {i: (sources[i] or [0]) if i != 0 else [] for i in kept}  # a node that reads no data hangs off the input
     depth: dict[int, int] = {}
     for i in kept:
@@ -449,7 +487,8 @@ def _finalize(raws: list[_Raw], params: _Params, method: str, strict: bool, titl
     nodes = []
     for i in order:
         r = raws[i]
-        mine = [p for p in sorted(set(r.params)) if p not in seen]  # a module called twice: its first call
+        # weights (2-D and up) first, then vectors, each in the model's order; a module called twice: its first call
+        mine = [p for p in sorted(set(r.params), key=params.weight_first) if p not in seen]
         seen.update(mine)
         nodes.append(Node(r.op, r.name, tuple((params.names[p], params.shapes[p]) for p in mine)))  # type: ignore[arg-type]
     edges = sorted((index[j], index[i]) for i in kept for j in preds[i])
@@ -460,8 +499,9 @@ def _finalize(raws: list[_Raw], params: _Params, method: str, strict: bool, titl
 # torch.fx
 
 
-def _fx_raw(model: nn.Module, params: _Params) -> list[_Raw]:
-    """The raw graph of a symbolic trace (raises whatever tracing raises)."""
+def _fx_raw(model: nn.Module, params: _Params, no_ops: frozenset[str] = frozenset()) -> list[_Raw]:
+    """The raw graph of a symbolic trace (raises whatever tracing raises); ``no_ops``: modules that
+    returned their input unchanged on the example (a Flatten of flat data), contracted."""
     graph = _Tracer().trace(model)
     raws: list[_Raw] = []
     # fx node -> ("data", raw index) | ("param", [positions]) | ("const", None)
@@ -489,11 +529,12 @@ def _fx_raw(model: nn.Module, params: _Params) -> list[_Raw]:
         if node.op == "call_module":
             m = model.get_submodule(node.target)  # type: ignore[arg-type]
             own = params.of_module(m) + used
-            op = _module_op(m)
+            op = _module_op(m) if node.target not in no_ops else None
             op = op if op is not None else (_UNSUPPORTED if own else None)
             what = f"module {node.target!r} ({type(m).__name__})"
             raws.append(_Raw(op, str(node.target), own, data, what, str(node.target)))
             kind[node] = ("data", len(raws) - 1)
+            _in_place(node, kind, getattr(m, "inplace", False) is True)
             continue
         key = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
         key = key.strip("_")
@@ -511,7 +552,18 @@ def _fx_raw(model: nn.Module, params: _Params) -> list[_Raw]:
         name = _param_node_name(params, used) if used else node.name
         raws.append(_Raw(op, name, used, data, what, module))
         kind[node] = ("data", len(raws) - 1)
+        method = node.target if node.op == "call_method" and isinstance(node.target, str) else ""
+        _in_place(
+            node, kind, (method.endswith("_") and not method.endswith("__")) or node.kwargs.get("inplace") is True
+        )
     return raws
+
+
+def _in_place(node: fx.Node, kind: dict[fx.Node, tuple[str, Any]], in_place: bool) -> None:
+    """After ``x.relu_()`` later reads of ``x`` read the op (as they do in the autograd graph)."""
+    mutated = node.args[0] if node.args else None
+    if in_place and isinstance(mutated, fx.Node) and kind[mutated][0] == "data":
+        kind[mutated] = kind[node]
 
 
 def _fetch_attr(model: nn.Module, target: str) -> Any:
@@ -524,7 +576,7 @@ def _fetch_attr(model: nn.Module, target: str) -> Any:
 def _param_node_name(params: _Params, used: list[int]) -> str:
     """A functional op on parameters is named after the module holding them (the parameter itself
     for one of the model's own)."""
-    name = params.names[min(used)]
+    name = params.names[min(used, key=params.weight_first)]
     return name.rpartition(".")[0] or name
 
 
@@ -563,8 +615,16 @@ class _Call:
     outputs: list[Any] = field(default_factory=list)
 
 
-def _autograd_raw(model: nn.Module, x: torch.Tensor, params: _Params) -> list[_Raw]:
+def _autograd_raw(model: nn.Module, example: torch.Tensor, params: _Params) -> list[_Raw]:
     """The raw graph of one forward pass's autograd graph, leaf-module calls folded by hooks."""
+    for p in model.parameters():
+        if p.is_floating_point() or p.is_complex():
+            p.requires_grad_(True)  # (restored by _untouched)
+    x: Any = example
+    if example.is_floating_point() or example.is_complex():
+        # not a leaf: the model may change its input in place; x's own grad_fn marks the input
+        x = example.clone().requires_grad_(True).clone()
+    input_fn = x.grad_fn
     calls: list[_Call] = []
     stacks: dict[int, list[int]] = {}
 
@@ -583,7 +643,7 @@ def _autograd_raw(model: nn.Module, x: torch.Tensor, params: _Params) -> list[_R
             handles.append(m.register_forward_pre_hook(functools.partial(_bind, pre, name=name), with_kwargs=True))
             handles.append(m.register_forward_hook(post))
         with torch.enable_grad():
-            out = model(x)
+            out = _run(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -599,7 +659,8 @@ def _autograd_raw(model: nn.Module, x: torch.Tensor, params: _Params) -> list[_R
             if fn not in call.inputs:  # an identity (Dropout in eval, Identity) folds nothing
                 owner.setdefault(fn, c)
 
-    data_memo: dict[Any, bool] = {}
+    data_memo: dict[Any, bool] = dict.fromkeys(owner, True)  # a module's output is data, as in a trace
+    data_memo[input_fn] = True
 
     def is_data(fn: Any) -> bool:
         """Whether ``fn`` depends on the input (else only on parameters)."""
@@ -610,7 +671,7 @@ def _autograd_raw(model: nn.Module, x: torch.Tensor, params: _Params) -> list[_R
                 stack.pop()
                 continue
             if type(f).__name__ == "AccumulateGrad":
-                data_memo[f] = f.variable is x
+                data_memo[f] = False
                 stack.pop()
                 continue
             todo = [c for c, _ in f.next_functions if c is not None and c not in data_memo]
@@ -637,15 +698,21 @@ def _autograd_raw(model: nn.Module, x: torch.Tensor, params: _Params) -> list[_R
 
     def operand(c: Any, data: list[Any], used: list[int]) -> None:
         """Sort one autograd input into data operands and parameters."""
-        if type(c).__name__ == "AccumulateGrad":
-            if c.variable is x:
-                data.append("input")
-            elif id(c.variable) in params.pos:
+        if c is input_fn:
+            data.append("input")
+        elif type(c).__name__ == "AccumulateGrad":
+            if id(c.variable) in params.pos:
                 used.append(params.pos[id(c.variable)])
         elif is_data(c):
             data.append(owner_key(c))
         else:
             used.extend(param_leaves(c))
+
+    def through_views(fn: Any) -> list[Any]:
+        """``fn``, or the inputs of the reshapes that ``fn`` ends (not a module's output, not the input)."""
+        if fn in owner or fn is input_fn or _grad_category(fn) != "flatten":
+            return [fn]
+        return [d for c, _ in fn.next_functions if c is not None for d in through_views(c)]
 
     def owner_key(fn: Any) -> Any:
         return ("call", owner[fn]) if fn in owner else fn
@@ -674,11 +741,17 @@ def _autograd_raw(model: nn.Module, x: torch.Tensor, params: _Params) -> list[_R
             op = op if op is not None else (_UNSUPPORTED if used else None)
             what = f"module {call.name!r} ({type(call.module).__name__})"
             return _Raw(op, call.name, used, data, what, call.name)
-        for c, _ in key.next_functions:
-            if c is not None:
-                operand(c, data, used)
+        category = _grad_category(key)
+        children = [c for c, _ in key.next_functions if c is not None]
+        # a matrix product of batched data runs as views around mm/bmm: the views are the product's
+        if _is_matmul(key):
+            children = [d for c in children for d in through_views(c)]
+        elif category == "flatten" and any(_is_matmul(c) for c in children):
+            category = None
+        for c in children:
+            operand(c, data, used)
         name = type(key).__name__
-        op = _resolve(_grad_category(key), len(data), bool(used))
+        op = _resolve(category, len(data), bool(used))
         what, module = params.describe_use(used, name) if used else ("", "")
         return _Raw(op, _param_node_name(params, used) if used else name, used, data, what, module)
 
@@ -760,18 +833,11 @@ def build(model: nn.Module, example_input: torch.Tensor, *, strict: bool = True,
     title = type(model).__name__
     x = example_input.detach()
     with _untouched(model):
-        try:
-            with torch.no_grad():
-                model(x)
-        except Exception as exc:
-            raise GraphError(
-                f"the model fails on the example input of shape {tuple(x.shape)} ({x.dtype}):"
-                f" {type(exc).__name__}: {exc}. Pass an input the model accepts (a batch, e.g. (2, 1, 8, 8)"
-                " for 8x8 one-channel images)"
-            ) from exc
-        if method in ("auto", "fx"):
+        if method in ("auto", "fx"):  # (the autograd walk's own forward pass is the check)
+            with torch.no_grad(), _no_op_reshapes(model) as no_ops:
+                _run(model, x)
             try:
-                raws = _fx_raw(model, params)
+                raws = _fx_raw(model, params, frozenset(no_ops))
             except GraphError:
                 raise
             except Exception as exc:
@@ -783,14 +849,88 @@ def build(model: nn.Module, example_input: torch.Tensor, *, strict: bool = True,
                 log.info("graph: torch.fx cannot trace %s (%s); walking the autograd graph", title, exc)
             else:
                 return _finalize(raws, params, "fx", strict, title)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        xg = x.clone().requires_grad_(True) if x.is_floating_point() or x.is_complex() else x
-        raws = _autograd_raw(model, xg, params)
+        raws = _autograd_raw(model, x, params)
         return _finalize(raws, params, "autograd", strict, title)
 
 
+@contextmanager
+def _no_op_reshapes(model: nn.Module) -> Iterator[set[str]]:
+    """The names of the Flatten modules that return their input itself (``torch.flatten`` of flat
+    data): no autograd node, so no graph node either."""
+    found: set[str] = set()
+    handles = []
+
+    def hook(name: str, m: nn.Module, args: Any, output: Any) -> None:
+        if args and output is args[0]:
+            found.add(name)
+
+    for name, m in model.named_modules():
+        if name and _module_op(m) == "flatten":
+            handles.append(m.register_forward_hook(functools.partial(hook, name)))
+    try:
+        yield found
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _run(model: nn.Module, x: torch.Tensor) -> Any:
+    """``model(x)``; a failure is a GraphError saying so (the original exception chained)."""
+    try:
+        return model(x)
+    except Exception as exc:
+        raise GraphError(
+            f"the model fails on the example input of shape {tuple(x.shape)} ({x.dtype}):"
+            f" {type(exc).__name__}: {exc}. Pass an input the model accepts (a batch, e.g. (2, 1, 8, 8)"
+            " for 8x8 one-channel images)"
+        ) from exc
+
+
 # ---------------------------------------------------------------------------------------------
+
+DIGITS_SHAPE = (1, 8, 8)  # what the classify task gives models on its default dataset (digits)
+
+
+def arch_example(
+    spec: str, input_shape: tuple[int, ...] | None = None, *, batch: int = 2, seed: int = 0
+) -> tuple[nn.Module, torch.Tensor]:
+    """A model of the registered architecture ``spec`` (``initium.nn.ARCHS``, e.g.
+    ``"resnet(depth=8,width=8)"``) and a random input batch of ``input_shape`` (one sample's shape)
+    for it. The arch's sizes come from ``input_shape`` as a task would fix them: ``in_shape`` (a
+    classifier; default digits' ``(1, 8, 8)``, 10 classes), ``in_features`` (a coordinate network;
+    default 2 coordinates, 1 output) or ``in_channels`` (default the arch's own, at its smallest
+    image side)."""
+    from .nn import ARCHS
+
+    parts = ARCHS.parse(spec)
+    if len(parts) != 1:
+        raise ValueError(f"--arch takes one architecture, got {spec!r}")
+    name, kwargs = parts[0]
+    shape = tuple(input_shape) if input_shape is not None else None
+    if shape is not None and (not shape or any(not isinstance(n, int) or n < 1 for n in shape)):
+        raise ValueError(f"input_shape must list one sample's sizes >= 1, e.g. (1, 8, 8); got {input_shape!r}")
+    options = ARCHS.options(name)
+    defaults: dict[str, Any] = {}
+    if "in_shape" in options:
+        defaults.update(in_shape=shape or DIGITS_SHAPE, out_features=10)
+    elif "in_features" in options:
+        defaults.update(in_features=shape[-1] if shape else 2, out_features=1)
+    elif "in_channels" in options and shape:
+        defaults.update(in_channels=shape[0])
+    model = ARCHS.build(name, kwargs, **defaults)
+    if shape is None:
+        config = getattr(model, "config", {})
+        if "in_shape" in config:
+            shape = tuple(config["in_shape"])
+        elif "in_features" in config:
+            shape = (int(config["in_features"]),)
+        elif "in_channels" in config:
+            side = int(getattr(model, "min_side", 32))
+            shape = (int(config["in_channels"]), side, side)
+        else:
+            raise ValueError(f"arch {name!r}: give the shape of one input (--input-shape C,H,W)")
+    gen = torch.Generator().manual_seed(seed)
+    return model, torch.randn((batch, *shape), generator=gen)
 
 
 def plot(graph: Graph, path: str | Path, *, virtual: bool = False, cutoff: int = 50) -> Path:
@@ -800,6 +940,7 @@ def plot(graph: Graph, path: str | Path, *, virtual: bool = False, cutoff: int =
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
 
     levels = graph.levels()
     pos: dict[int, tuple[float, float]] = {}
@@ -807,15 +948,13 @@ def plot(graph: Graph, path: str | Path, *, virtual: bool = False, cutoff: int =
         for k, i in enumerate(members):
             pos[i] = (float(lv), (len(members) - 1) / 2 - k)
     height = max(len(m) for m in levels)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(levels)), max(3.0, 0.9 * height + 1.5)), layout="constrained")
+    width = min(40.0, max(6.0, 0.45 * len(levels)))  # a ResNet-50 is ~170 levels: squeezed, not 9000 pixels wide
+    fig, ax = plt.subplots(figsize=(width, max(3.0, 0.9 * height + 1.5)), layout="constrained")
     if virtual:
-        for s, d, _ in graph.virtual_edges(cutoff):
-            ax.plot(*zip(pos[s], pos[d], strict=True), color="0.85", lw=0.4, zorder=0)
-    for s, d in graph.edges:
-        ax.annotate(
-            "", xy=pos[d], xytext=pos[s],
-            arrowprops=dict(arrowstyle="-|>", color="0.35", lw=0.8, shrinkA=7, shrinkB=7),
-        )  # fmt: skip
+        lines = [(pos[s], pos[d]) for s, d, _ in graph.virtual_edges(cutoff)]
+        ax.add_collection(LineCollection(lines, colors="0.85", linewidths=0.4, zorder=0))
+    # every edge runs to a later level, left to right: lines need no arrowheads
+    ax.add_collection(LineCollection([(pos[s], pos[d]) for s, d in graph.edges], colors="0.35", linewidths=0.8))
     cmap = plt.get_cmap("tab20")
     used = sorted({n.op for n in graph.nodes}, key=OPS.index)
     for op in used:
@@ -824,16 +963,19 @@ def plot(graph: Graph, path: str | Path, *, virtual: bool = False, cutoff: int =
             [pos[i][0] for i in idx], [pos[i][1] for i in idx], s=120, color=cmap(OPS.index(op) % 20),
             edgecolors="black", linewidths=0.5, label=op, zorder=2,
         )  # fmt: skip
-    if len(graph.nodes) <= 80:
-        for i, n in enumerate(graph.nodes):
-            ax.annotate(n.name, pos[i], xytext=(0, 8), textcoords="offset points", ha="center", fontsize=6)
+    for i, n in enumerate(graph.nodes):  # the index inside the node, the name slanted above it
+        ax.annotate(str(i), pos[i], ha="center", va="center", fontsize=5, zorder=3)
+        if len(graph.nodes) <= 120:
+            ax.annotate(n.name, pos[i], xytext=(3, 7), textcoords="offset points", fontsize=5, rotation=35)
     ax.set_xlabel("level (longest path from the input)")
     ax.set_yticks([])
     ax.set_title(
-        f"{graph.title or 'graph'} ({graph.method}): {len(graph.nodes)} nodes, {len(graph.edges)} edges", fontsize=10
+        f"{graph.title or 'graph'} ({graph.method}): {len(graph.nodes)} nodes, {len(graph.edges)} edges",
+        fontsize=10,
+        pad=16,
     )
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    path = Path(path)
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format="png")
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())

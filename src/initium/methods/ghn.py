@@ -30,11 +30,15 @@ where ``u ~> v`` are GHN-2's virtual edges (shortest directed path of length ``d
 edges are reversed. Because every predecessor of a node lies in an earlier topological *level*
 (:meth:`initium.graph.Graph.levels`), all nodes of one level can be updated at once: with
 ``mode="levels"`` (the default) the graphs of a meta-batch are joined as one disjoint graph
-(node tensors concatenated, indices offset), and each level is ONE batched update (messages
-gathered per edge and summed with ``index_add``). ``mode="nodes"`` is GHN-2's loop: one update per
-node *position* (node ``i`` of every graph of the meta-batch at once), each finding its incoming
-edges by masking the edge list. Both compute the same function (``tests/test_ghn.py`` checks the
-predictions agree to float tolerance); ``benchmarks/ghn.py speed`` measures the difference.
+(node tensors concatenated, indices offset), and each level is ONE batched update: a node's
+outgoing messages ``MLP(h_u)``, ``MLP_sp(h_u)`` are computed once, right after its own update, into
+a table, and a level sums its incoming ones with one gather and one ``index_add``.
+``mode="nodes"`` is GHN-2's loop (ppuda's ``GatedGNN``): one update per node *position* (node ``i``
+of every graph of the meta-batch at once), each finding its incoming edges by masking the edge
+list and applying the MLPs per edge. Both compute the same function (``tests/test_ghn.py`` checks
+the predictions agree to float tolerance). The sequential steps are the levels (the longest path)
+against the positions (the largest graph): for chain-like nets nearly as many, so the gain is the
+cheaper step; ``benchmarks/ghn_speed.py`` measures it.
 
 **Decoder.** The node states go through a LayerNorm; a noise GHN (``noise_dim > 0``) then
 concatenates a standard normal vector per node, drawn from the caller's generator (the paper's
@@ -58,8 +62,11 @@ it). The block is fitted to each parameter's shape ``(out, in, *kernel)``:
   convolution predicting ``num_classes`` rows of ``block`` inputs; a model whose classifier has
   another output size is refused with a clear error (:meth:`GHN.check`) before any work.
 
-Parameters of four or more kernel dimensions (3-D convolutions), 0-d parameters and parameters of
-nodes the graph could not represent are *not* predicted: :func:`fill` lists them.
+Parameters of three kernel dimensions (3-D convolutions' 5-D weights), 0-d parameters, >= 2-D
+parameters of ops other than conv/linear/attention, 1-D ones that are neither a norm's weight nor
+a bias, and parameters of modules the graph could not represent are *not* predicted: :func:`fill`
+lists them. (A transposed convolution is read as ``conv``; its weight is ``(in, out, k, k)``, so its
+fan-in scale is that of the transposed shape.)
 
 **Normalisation** (GHN-2, section 4): weights ``w = p sqrt(beta / fan_in)`` with ``fan_in = in x
 prod(kernel)`` and ``beta = 2`` for the ReLU networks of the space (He et al.'s gain), ``beta = 1``
@@ -102,6 +109,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
@@ -268,8 +276,7 @@ class _GraphInfo:
     ops: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]  # each node's first parameter's shape (() for none)
     levels: tuple[tuple[int, ...], ...]
-    edges: tuple[tuple[int, int], ...]
-    virtual: tuple[tuple[int, int, int], ...]
+    messages: np.ndarray  # (E + V, 3) int64 rows (src, dst, d): the real edges (d = 1), then the virtual ones
     slots: tuple[_Slot, ...]
     unpredicted: tuple[str, ...]  # parameters in the graph's nodes that the GHN cannot predict
     classifier: tuple[str, tuple[int, ...]] | None  # (name, shape) of the classifier's weight
@@ -282,7 +289,7 @@ def _role(op: str, name: str, shape: tuple[int, ...], classifier: bool) -> str |
             return None
         return "classifier" if classifier else "weight"
     if len(shape) == 1:
-        if leaf.endswith("bias"):
+        if leaf.endswith("bias") or op == "bias":  # "bias": a parameter added to the data (x + b)
             return "bias"
         if op in _NORM_OPS and leaf == "weight":
             return "norm"
@@ -309,13 +316,13 @@ def _graph_info(graph: Graph, cutoff: int) -> _GraphInfo:
                 unpredicted.append(name)
             else:
                 slots.append(_Slot(i, name, tuple(shape), role))
-    virtual = tuple(graph.virtual_edges(cutoff)) if cutoff >= 2 else ()
+    real = [(s, d, 1) for s, d in graph.edges]
+    virtual = graph.virtual_edges(cutoff) if cutoff >= 2 else []
     return _GraphInfo(
         ops=tuple(n.op for n in graph.nodes),
         shapes=tuple(tuple(n.params[0][1]) if n.params else () for n in graph.nodes),
         levels=tuple(tuple(level) for level in graph.levels()),
-        edges=tuple(graph.edges),
-        virtual=virtual,
+        messages=np.array(real + virtual, dtype=np.int64).reshape(-1, 3),
         slots=tuple(slots),
         unpredicted=tuple(unpredicted),
         classifier=(graph.nodes[cls].params[0][0], tuple(graph.nodes[cls].params[0][1])) if cls is not None else None,
@@ -324,15 +331,14 @@ def _graph_info(graph: Graph, cutoff: int) -> _GraphInfo:
 
 @dataclass
 class _Level:
-    """One batched update: nodes ``idx`` (global); messages from ``src`` (global) into row ``dst``
-    of ``idx``, real edges and virtual edges with weights ``1 / d``."""
+    """One batched update: nodes ``idx`` (global); messages into row ``dst`` of ``idx`` from row
+    ``src`` of the message table (``2u`` for a real edge from ``u``, ``2u + 1`` for a virtual one),
+    weighted ``w`` (``(E, 1)``: 1, or ``1 / d``)."""
 
     idx: torch.Tensor
     src: torch.Tensor
     dst: torch.Tensor
-    vsrc: torch.Tensor
-    vdst: torch.Tensor
-    vw: torch.Tensor
+    w: torch.Tensor
 
 
 @dataclass
@@ -360,34 +366,25 @@ class _Batch:
     graph_of: torch.Tensor | None = None  # node -> its graph
 
 
-def _levels(
-    groups: list[list[int]], messages: list[tuple[int, int, float, bool]], n: int, device: torch.device
-) -> list[_Level]:
-    """Batched updates for ``groups`` (lists of global node indices, in processing order), each
-    node receiving the ``messages`` ``(src, dst, weight, virtual)`` addressed to it."""
-    where = [(-1, -1)] * n
+def _levels(groups: list[np.ndarray], messages: np.ndarray, n: int, device: torch.device) -> list[_Level]:
+    """Batched updates for ``groups`` (arrays of global node indices, in processing order), each
+    node receiving the ``messages`` (rows ``src, dst, d``; ``d = 1`` a real edge, ``d >= 2`` a
+    virtual one weighted ``1 / d``) addressed to it: sorted by group once, then sliced."""
+    level_of, row_of = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     for g, group in enumerate(groups):
-        for row, v in enumerate(group):
-            where[v] = (g, row)
-    per: list[tuple[list[int], list[int], list[int], list[int], list[float]]] = [([], [], [], [], []) for _ in groups]
-    for s, d, w, virtual in messages:
-        g, row = where[d]
-        src, dst, vsrc, vdst, vw = per[g]
-        if virtual:
-            vsrc.append(s)
-            vdst.append(row)
-            vw.append(w)
-        else:
-            src.append(s)
-            dst.append(row)
-
-    def t(x: list[int]) -> torch.Tensor:
-        return torch.tensor(x, dtype=torch.long, device=device)
-
-    return [
-        _Level(t(group), t(src), t(dst), t(vsrc), t(vdst), torch.tensor(vw, dtype=torch.float32, device=device))
-        for group, (src, dst, vsrc, vdst, vw) in zip(groups, per, strict=True)
-    ]
+        level_of[group] = g
+        row_of[group] = np.arange(len(group))
+    src, dst, d = messages.T if len(messages) else (np.zeros(0, np.int64),) * 3
+    order = np.argsort(level_of[dst], kind="stable")
+    bounds = np.searchsorted(level_of[dst][order], np.arange(len(groups) + 1)).tolist()
+    src_t = torch.from_numpy((2 * src + (d >= 2))[order]).to(device)
+    row_t = torch.from_numpy(row_of[dst[order]]).to(device)
+    w_t = torch.from_numpy(1.0 / d[order].astype(np.float32)[:, None]).to(device)
+    out = []
+    for g, group in enumerate(groups):
+        part = slice(bounds[g], bounds[g + 1])
+        out.append(_Level(torch.from_numpy(group).to(device), src_t[part], row_t[part], w_t[part]))
+    return out
 
 
 def _batch(infos: list[_GraphInfo], config: GHNConfig, device: torch.device, mode: str) -> _Batch:
@@ -404,27 +401,29 @@ def _batch(infos: list[_GraphInfo], config: GHNConfig, device: torch.device, mod
         infos, offsets, n, torch.tensor(ops, dtype=torch.long, device=device),
         torch.tensor(shapes, dtype=torch.long, device=device).reshape(n, 4),
     )  # fmt: skip
-    fwd: list[tuple[int, int, float, bool]] = []
-    for info, off in zip(infos, offsets, strict=True):
-        fwd.extend((off + s, off + d, 1.0, False) for s, d in info.edges)
-        fwd.extend((off + s, off + d, 1.0 / dist, True) for s, d, dist in info.virtual)
-    bwd = [(d, s, w, virtual) for s, d, w, virtual in fwd]
+    # every directed message of the forward pass as (src, dst, d): real edges d = 1, virtual d >= 2
+    fwd = np.concatenate([info.messages + np.array([off, off, 0]) for info, off in zip(infos, offsets, strict=True)])
+    bwd = fwd[:, [1, 0, 2]]
     if mode == "levels":
         depth = max(len(info.levels) for info in infos)
         groups = [
-            [off + v for info, off in zip(infos, offsets, strict=True) if k < len(info.levels) for v in info.levels[k]]
+            np.array(
+                [
+                    off + v
+                    for info, off in zip(infos, offsets, strict=True)
+                    if k < len(info.levels)
+                    for v in info.levels[k]
+                ],
+                dtype=np.int64,
+            )
             for k in range(depth)
         ]
         batch.forward = _levels(groups, fwd, n, device)
         batch.backward = _levels(groups[::-1], bwd, n, device)
     else:
         for name, messages in (("forward", fwd), ("backward", bwd)):
-            batch.directions[name] = _Direction(
-                torch.tensor([m[0] for m in messages], dtype=torch.long, device=device),
-                torch.tensor([m[1] for m in messages], dtype=torch.long, device=device),
-                torch.tensor([m[2] for m in messages], dtype=torch.float32, device=device),
-                torch.tensor([m[3] for m in messages], dtype=torch.bool, device=device),
-            )
+            m = torch.from_numpy(messages).to(device)
+            batch.directions[name] = _Direction(m[:, 0], m[:, 1], 1.0 / m[:, 2].float(), m[:, 2] >= 2)
         batch.position = torch.cat([torch.arange(len(i.ops), device=device) for i in infos])
         batch.graph_of = torch.cat(
             [torch.full((len(i.ops),), g, dtype=torch.long, device=device) for g, i in enumerate(infos)]
@@ -449,6 +448,7 @@ class GatedGNN(nn.Module):
         self, h: torch.Tensor, idx: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
         vsrc: torch.Tensor, vdst: torch.Tensor, vw: torch.Tensor,
     ) -> torch.Tensor:  # fmt: skip
+        """GHN-2's update of nodes ``idx``: each message's MLP applied to its source's state."""
         m = h.new_zeros(len(idx), h.shape[1])
         if len(src):
             m = m.index_add(0, dst, self.mlp(h[src]))
@@ -457,10 +457,34 @@ class GatedGNN(nn.Module):
         return h.index_copy(0, idx, self.gru(m, h[idx]))
 
     def levels(self, h: torch.Tensor, batch: _Batch, passes: int) -> torch.Tensor:
-        """One batched update per topological level, across all graphs of the batch."""
+        """One batched update per topological level, across all graphs of the batch.
+
+        A node's outgoing messages ``MLP(h_u)`` and ``MLP_sp(h_u)`` depend on ``u`` alone, and ``u``
+        is final in this direction once its level is done: so both are computed once per node,
+        right after its update (the two MLPs as one: first layers stacked, second layers
+        block-diagonal), into a table whose row ``u`` is ``[MLP(h_u), MLP_sp(h_u)]``, read as ``2N``
+        rows of ``hidden`` (``2u``: the real-edge message, ``2u + 1``: the virtual one). A level
+        then sums its messages with one gather and one ``index_add`` (GHN-2 applies the MLPs per
+        edge: the same sums). The new states of a direction are written back once, at its end:
+        within it, a node's own previous state is still the one before the direction."""
+        n, hid = h.shape
+        w1 = torch.cat([self.mlp[0].weight, self.mlp_sp[0].weight])
+        b1 = torch.cat([self.mlp[0].bias, self.mlp_sp[0].bias])
+        w2 = torch.block_diag(self.mlp[2].weight, self.mlp_sp[2].weight)
+        b2 = torch.cat([self.mlp[2].bias, self.mlp_sp[2].bias])
         for _ in range(passes):
-            for level in (*batch.forward, *batch.backward):
-                h = self._update(h, level.idx, level.src, level.dst, level.vsrc, level.vdst, level.vw)
+            for levels in (batch.forward, batch.backward):
+                table, news = h.new_zeros(n, 2 * hid), []
+                for k, level in enumerate(levels):
+                    m = h.new_zeros(len(level.idx), hid)
+                    if len(level.src):
+                        m = m.index_add(0, level.dst, table.view(2 * n, hid)[level.src] * level.w)
+                    new = self.gru(m, h[level.idx])
+                    news.append(new)
+                    if k + 1 < len(levels):  # the last level's messages go nowhere
+                        rows = nn.functional.linear(torch.relu(nn.functional.linear(new, w1, b1)), w2, b2)
+                        table = table.index_copy(0, level.idx, rows)
+                h = h.index_copy(0, torch.cat([level.idx for level in levels]), torch.cat(news))
         return h
 
     def nodes(self, h: torch.Tensor, batch: _Batch, passes: int) -> torch.Tensor:
@@ -571,20 +595,52 @@ class Decoder(nn.Module):
         x = torch.relu(self.fc(z)).reshape(len(z), -1, k, k)
         return torch.relu(self.conv(x))
 
-    def block(self, features: torch.Tensor, shape: tuple[int, ...], classifier: bool) -> torch.Tensor:
-        """The raw ``p`` of one weight of ``shape`` from its node's ``(d1, k, k)`` features: only the
-        channels and centred window it needs of the ``(block, block, k, k)`` decoded tensor."""
+    def weights(
+        self, features: torch.Tensor, items: Sequence[tuple[int, tuple[int, ...], bool, float]]
+    ) -> list[torch.Tensor]:
+        """``scale p`` for each weight ``(row, shape, classifier, scale)``, from row ``row`` of the
+        ``(n, d1, k, k)`` trunk ``features``: only the channels and centred window each needs of its
+        ``(block, block, k, k)`` decoded tensor, scaled before it is tiled (the same numbers as
+        decoding the whole block, far fewer operations). The rows of the last layer every weight
+        uses are gathered once and split (one gradient for all of them, not one full-size gradient
+        per weight as slicing each would give)."""
         c = self.config
-        w = _window(shape, c.kernel)
-        lo = (c.kernel - w) // 2
-        f = features[:, lo : lo + w, lo : lo + w]
-        cols = min(shape[1], c.block)
-        if classifier:
-            mat, bias = self.classifier[:, :cols], self.classifier_bias[:, :cols]
-        else:
-            rows = min(shape[0], c.block)
-            mat, bias = self.weight[:rows, :cols], self.weight_bias[:rows, :cols]
-        return fit_block(torch.einsum("oid,dhw->oihw", mat, f) + bias[:, :, None, None], shape)
+        d1 = self.weight.shape[-1]
+        feats = features.unbind(0)
+        out: list[torch.Tensor] = [features] * len(items)
+        for classifier in (False, True):
+            sel = [j for j, item in enumerate(items) if item[2] == classifier]
+            if not sel:
+                continue
+            mat = (self.classifier if classifier else self.weight).reshape(-1, d1)
+            bias = (self.classifier_bias if classifier else self.weight_bias).reshape(-1)
+            dims, pairs = [], []
+            for j in sel:
+                shape = items[j][1]
+                r, q = (c.num_classes if classifier else min(shape[0], c.block)), min(shape[1], c.block)
+                dims.append((r, q))
+                pairs.append((np.arange(r)[:, None] * c.block + np.arange(q)[None, :]).ravel())
+            index = torch.from_numpy(np.concatenate(pairs)).to(mat.device)
+            sizes = [len(p) for p in pairs]
+            for j, (r, q), m, b in zip(
+                sel,
+                dims,
+                mat.index_select(0, index).split(sizes),
+                bias.index_select(0, index).split(sizes),
+                strict=True,
+            ):
+                row, shape, _, scale = items[j]
+                w = _window(shape, c.kernel)
+                lo = (c.kernel - w) // 2
+                f = feats[row][:, lo : lo + w, lo : lo + w].reshape(d1, w * w)
+                out[j] = fit_block(((m @ f + b[:, None]) * scale).reshape(r, q, w, w), shape)
+        return out
+
+    def block(
+        self, features: torch.Tensor, shape: tuple[int, ...], classifier: bool = False, scale: float = 1.0
+    ) -> torch.Tensor:
+        """One weight of ``shape`` from one node's ``(d1, k, k)`` features (:meth:`weights`)."""
+        return self.weights(features[None], [(0, tuple(shape), classifier, scale)])[0]
 
 
 # --- the GHN ----------------------------------------------------------------------------------------
@@ -606,6 +662,8 @@ class GHN(nn.Module):
             config = dataclasses.replace(config, ops=tuple(graphs.OPS))
         config.check()
         self.config = config
+        self.meta: dict[str, Any] = {}  # load(): the file's meta (training command, data ...)
+        self.digest = ""  # load(): the sha256 of the weights file
         self.embed = NodeEmbedding(config.ops, config.hidden, config.shape_buckets)
         self.gnn = GatedGNN(config.hidden)
         self.norm = nn.LayerNorm(config.hidden)
@@ -650,26 +708,43 @@ class GHN(nn.Module):
         level across the graphs) or ``"nodes"`` (GHN-2's per-node loop; the same function). A noise
         GHN draws one ``noise_dim`` vector per node from ``generator`` (CPU; a fresh draw from the
         global generator when ``None``), in graph order, so both modes draw the same noise."""
-        if mode not in MODES:
-            raise GHNError(f"GHN.predict: mode must be one of {MODES}, got {mode!r}")
-        graphs = list(graphs)
-        if not graphs:
+        batch = self._batch(graphs, mode, "predict")
+        if batch is None:
             return []
-        if not all(isinstance(g, Graph) for g in graphs):
-            raise GHNError("GHN.predict takes a sequence of initium.graph.Graph (initium.graph.build(model, x))")
-        for g in graphs:
-            self.check(g)
         c = self.config
-        device = self.decoder.weight.device
-        infos = [_graph_info(g, c.cutoff) for g in graphs]
-        batch = _batch(infos, c, device, mode)
-        h = self.embed(batch.op_index, batch.shape_index)
-        h = self.gnn.levels(h, batch, c.passes) if mode == "levels" else self.gnn.nodes(h, batch, c.passes)
-        z = self.norm(h)
+        z = self.norm(self._message_passing(batch, mode))
         if c.noise_dim:
             noise = torch.randn(batch.n, c.noise_dim, generator=generator)
-            z = torch.cat([z, noise.to(device=device, dtype=z.dtype)], dim=1)
+            z = torch.cat([z, noise.to(device=z.device, dtype=z.dtype)], dim=1)
         return self._decode(z, batch)
+
+    def encode(self, graphs: Sequence[Graph], *, mode: str = "levels") -> list[torch.Tensor]:
+        """The node states after message passing (before the decoder's LayerNorm): one ``(nodes,
+        hidden)`` tensor per graph, rows in the graph's node order (for analysis, and to time the
+        message passing alone)."""
+        batch = self._batch(graphs, mode, "encode")
+        if batch is None:
+            return []
+        sizes = [len(info.ops) for info in batch.infos]
+        return list(self._message_passing(batch, mode).split(sizes))
+
+    def _batch(self, graphs: Sequence[Graph], mode: str, what: str) -> _Batch | None:
+        if mode not in MODES:
+            raise GHNError(f"GHN.{what}: mode must be one of {MODES}, got {mode!r}")
+        graphs = list(graphs)
+        if not graphs:
+            return None
+        if not all(isinstance(g, Graph) for g in graphs):
+            raise GHNError(f"GHN.{what} takes a sequence of initium.graph.Graph (initium.graph.build(model, x))")
+        for g in graphs:
+            self.check(g)
+        infos = [_graph_info(g, self.config.cutoff) for g in graphs]
+        return _batch(infos, self.config, self.decoder.weight.device, mode)
+
+    def _message_passing(self, batch: _Batch, mode: str) -> torch.Tensor:
+        h = self.embed(batch.op_index, batch.shape_index)
+        passes = self.config.passes
+        return self.gnn.levels(h, batch, passes) if mode == "levels" else self.gnn.nodes(h, batch, passes)
 
     def _decode(self, z: torch.Tensor, batch: _Batch) -> list[dict[str, torch.Tensor]]:
         c = self.config
@@ -681,21 +756,25 @@ class GHN(nn.Module):
         idx = functools.partial(torch.tensor, dtype=torch.long, device=z.device)
         features = self.decoder.trunk(z[idx(trunk_nodes)]) if trunk_nodes else None
         vectors = self.decoder.vector(z[idx(vec_nodes)]) if vec_nodes else None
+        # which graph each slot is in (slots are in graph order)
+        graph_of = np.searchsorted(np.array(batch.offsets), [v for v, _ in slots], side="right") - 1
+        items = [
+            (row_t[v], s.shape, s.role == "classifier",
+             math.sqrt((c.beta_classifier if s.role == "classifier" else c.beta) / math.prod(s.shape[1:])))
+            for v, s in slots if s.role in ("weight", "classifier")
+        ]  # fmt: skip
+        decoded = iter(self.decoder.weights(features, items)) if features is not None else iter(())
+        rows = vectors.unbind(0) if vectors is not None else ()
         out: list[dict[str, torch.Tensor]] = [{} for _ in batch.infos]
-        g = 0
-        for v, s in slots:
-            while g + 1 < len(batch.offsets) and v >= batch.offsets[g + 1]:
-                g += 1
+        for g, (v, s) in zip(graph_of.tolist(), slots, strict=True):
             if s.role in ("weight", "classifier"):
-                assert features is not None
-                p = self.decoder.block(features[row_t[v]], s.shape, s.role == "classifier")
-                beta = c.beta_classifier if s.role == "classifier" else c.beta
-                out[g][s.name] = p * math.sqrt(beta / math.prod(s.shape[1:]))
+                out[g][s.name] = next(decoded)
             else:
-                assert vectors is not None
-                half = vectors[row_v[v], : c.block] if s.role == "norm" else vectors[row_v[v], c.block :]
-                p = _tile(half, 0, s.shape[0])
-                out[g][s.name] = 2 * torch.sigmoid(p / 2) if s.role == "norm" else c.bias_scale * torch.tanh(p)
+                if s.role == "norm":
+                    p = 2 * torch.sigmoid(rows[row_v[v]][: c.block] / 2)
+                else:
+                    p = c.bias_scale * torch.tanh(rows[row_v[v]][c.block :])
+                out[g][s.name] = _tile(p, 0, s.shape[0])
         return out
 
 
@@ -804,6 +883,7 @@ def load(path: str | os.PathLike[str] | None = None) -> GHN:
             f"{str(exc).splitlines()[0]} ...); the two files are from different GHNs"
         ) from None
     ghn.meta = dict(record.get("meta") or {})
+    ghn.digest = str(recorded["sha256"])
     ghn.eval()
     return ghn
 
@@ -936,6 +1016,10 @@ class GHNInit(Method):
                 f"ghn(noise=true): {where} was trained without noise (noise_dim=0); train a noise GHN with "
                 f"`{TRAIN_HINT} --noise` and pass path=GHN, or drop noise=true"
             )
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The config, and the sha256 of the GHN's weights (which GHN the bundled default was)."""
+        return [{"name": self.name, **dataclasses.asdict(self.config), "weights_sha256": self.ghn.digest}]
 
     def _inputs(self, inputs: torch.Tensor | None) -> torch.Tensor:
         if not isinstance(inputs, torch.Tensor) or inputs.dim() == 0 or len(inputs) == 0:
