@@ -15,6 +15,8 @@ from torch import nn
 import initium
 from initium import ghn
 from initium.graph import Graph, Node, build
+from initium.records import load_results
+from initium.runner import RunConfig, run
 
 # --- hand-made graphs --------------------------------------------------------------------------------
 
@@ -334,3 +336,22 @@ def test_method_plain_and_noise(net: ghn.GHN, noisy: ghn.GHN, tmp_path) -> None:
         initium.create(f"ghn(path={plain})")(SmallCNN(), None)
     with pytest.raises(ghn.GHNError, match=r"5 outputs"):
         initium.create(f"ghn(path={plain})").validate(SmallCNN(classes=5), x)
+
+
+@pytest.mark.slow  # ~14 s on 2 shared cores: 4 classify runs of 1 epoch
+def test_runner_gives_the_method_the_tasks_inputs(net: ghn.GHN, noisy: ghn.GHN, tmp_path) -> None:
+    """``initium run classify --methods ghn(...)``: the runner passes the training inputs; the
+    record says every parameter was predicted and which GHN (its weights' sha256) did it; a plain
+    GHN's runs start from the same weights whatever the seed (the same test loss before training),
+    a noise GHN's do not."""
+    plain, noise = str(ghn.save(net, tmp_path / "plain")), str(ghn.save(noisy, tmp_path / "noise"))
+    methods = (f"ghn(path={plain})", f"ghn(path={noise},noise=True)")
+    cfg = RunConfig(task="classify", out=tmp_path / "o", arch="classifier-cnn", methods=methods,
+                    seeds=(0, 1), task_options={"epochs": 1, "ood": False})  # fmt: skip
+    run(cfg)
+    records = load_results(tmp_path / "o")
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+    assert all(r["method_info"]["unpredicted"] == [] and r["method_info"]["predicted"] == 6 for r in records)
+    first = {(r["method"], r["seed"]): r["curve"]["test_loss"][0] for r in records}
+    assert first[(methods[0], 0)] == first[(methods[0], 1)]
+    assert first[(methods[1], 0)] != first[(methods[1], 1)]

@@ -93,6 +93,7 @@ Python API::
     report = ghn.fill(model, x[:2], net, bn_inputs=x[:256])   # or net(model, x[:2])
     report.unpredicted                                        # [] for a fully supported model
     preds = net.predict([initium.graph.build(model, x[:2])])  # differentiable dicts name -> tensor
+    states = net.encode([graph])                              # node states after message passing
     initium.create("ghn(noise=true)", seed=3)(model, x)      # the registered method
 """
 
@@ -305,8 +306,16 @@ def _classifier_node(graph: Graph) -> int | None:
     return None
 
 
-@functools.lru_cache(maxsize=256)
 def _graph_info(graph: Graph, cutoff: int) -> _GraphInfo:
+    """:func:`_read_graph`, cached for the last 256 graphs (a training run revisits its specs)."""
+    try:
+        hash(graph)
+    except TypeError:  # a hand-made graph holding lists: read it every time
+        return _read_graph(graph, cutoff)
+    return _read_graph_cached(graph, cutoff)
+
+
+def _read_graph(graph: Graph, cutoff: int) -> _GraphInfo:
     cls = _classifier_node(graph)
     slots, unpredicted = [], []
     for i, node in enumerate(graph.nodes):
@@ -316,17 +325,24 @@ def _graph_info(graph: Graph, cutoff: int) -> _GraphInfo:
                 unpredicted.append(name)
             else:
                 slots.append(_Slot(i, name, tuple(shape), role))
-    real = [(s, d, 1) for s, d in graph.edges]
-    virtual = graph.virtual_edges(cutoff) if cutoff >= 2 else []
+    real = np.array([(s, d, 1) for s, d in graph.edges], dtype=np.int64).reshape(-1, 3)
+    virtual = np.zeros((0, 3), dtype=np.int64)
+    if cutoff >= 2:  # graph.virtual_edges(cutoff), read from the distance matrix without a Python loop
+        dist = graph.distances(cutoff)
+        src, dst = torch.nonzero(dist >= 2, as_tuple=True)
+        virtual = torch.stack([src, dst, dist[src, dst]], dim=1).numpy()
     return _GraphInfo(
         ops=tuple(n.op for n in graph.nodes),
         shapes=tuple(tuple(n.params[0][1]) if n.params else () for n in graph.nodes),
         levels=tuple(tuple(level) for level in graph.levels()),
-        messages=np.array(real + virtual, dtype=np.int64).reshape(-1, 3),
+        messages=np.concatenate([real, virtual]),
         slots=tuple(slots),
         unpredicted=tuple(unpredicted),
         classifier=(graph.nodes[cls].params[0][0], tuple(graph.nodes[cls].params[0][1])) if cls is not None else None,
     )
+
+
+_read_graph_cached = functools.lru_cache(maxsize=256)(_read_graph)
 
 
 @dataclass
@@ -601,39 +617,39 @@ class Decoder(nn.Module):
         """``scale p`` for each weight ``(row, shape, classifier, scale)``, from row ``row`` of the
         ``(n, d1, k, k)`` trunk ``features``: only the channels and centred window each needs of its
         ``(block, block, k, k)`` decoded tensor, scaled before it is tiled (the same numbers as
-        decoding the whole block, far fewer operations). The rows of the last layer every weight
-        uses are gathered once and split (one gradient for all of them, not one full-size gradient
-        per weight as slicing each would give)."""
+        decoding the whole block, far fewer operations). A weight that needs all ``block`` rows and
+        columns uses the last layer as it is; the rows the others need are gathered once and split
+        (one gradient for all of them, not one full-size gradient per weight as slicing each would
+        give)."""
         c = self.config
         d1 = self.weight.shape[-1]
         feats = features.unbind(0)
         out: list[torch.Tensor] = [features] * len(items)
         for classifier in (False, True):
-            sel = [j for j, item in enumerate(items) if item[2] == classifier]
-            if not sel:
-                continue
             mat = (self.classifier if classifier else self.weight).reshape(-1, d1)
             bias = (self.classifier_bias if classifier else self.weight_bias).reshape(-1)
-            dims, pairs = [], []
-            for j in sel:
-                shape = items[j][1]
-                r, q = (c.num_classes if classifier else min(shape[0], c.block)), min(shape[1], c.block)
-                dims.append((r, q))
-                pairs.append((np.arange(r)[:, None] * c.block + np.arange(q)[None, :]).ravel())
-            index = torch.from_numpy(np.concatenate(pairs)).to(mat.device)
-            sizes = [len(p) for p in pairs]
-            for j, (r, q), m, b in zip(
-                sel,
-                dims,
-                mat.index_select(0, index).split(sizes),
-                bias.index_select(0, index).split(sizes),
-                strict=True,
-            ):
+            rows = c.num_classes if classifier else c.block
+            todo, part, pairs = [], [], []
+            for j, (_, shape, cls, _) in enumerate(items):
+                if cls != classifier:
+                    continue
+                r, q = (rows if classifier else min(shape[0], rows)), min(shape[1], c.block)
+                if (r, q) == (rows, c.block):
+                    todo.append((j, r, q, mat, bias))
+                else:
+                    part.append((j, r, q))
+                    pairs.append((np.arange(r)[:, None] * c.block + np.arange(q)[None, :]).ravel())
+            if part:
+                index = torch.from_numpy(np.concatenate(pairs)).to(mat.device)
+                sizes = [len(p) for p in pairs]
+                mats, biases = mat.index_select(0, index).split(sizes), bias.index_select(0, index).split(sizes)
+                todo += [(j, r, q, m, b) for (j, r, q), m, b in zip(part, mats, biases, strict=True)]
+            for j, r, q, m, b in todo:
                 row, shape, _, scale = items[j]
                 w = _window(shape, c.kernel)
                 lo = (c.kernel - w) // 2
                 f = feats[row][:, lo : lo + w, lo : lo + w].reshape(d1, w * w)
-                out[j] = fit_block(((m @ f + b[:, None]) * scale).reshape(r, q, w, w), shape)
+                out[j] = fit_block((torch.addmm(b[:, None], m, f) * scale).reshape(r, q, w, w), shape)
         return out
 
     def block(
@@ -706,15 +722,17 @@ class GHN(nn.Module):
         """One dict per graph: parameter name -> predicted tensor of exactly its shape,
         differentiable w.r.t. the GHN's parameters. ``mode``: ``"levels"`` (batched per topological
         level across the graphs) or ``"nodes"`` (GHN-2's per-node loop; the same function). A noise
-        GHN draws one ``noise_dim`` vector per node from ``generator`` (CPU; a fresh draw from the
-        global generator when ``None``), in graph order, so both modes draw the same noise."""
+        GHN draws one ``noise_dim`` vector per node from ``generator`` (on the generator's device; a
+        fresh draw from the global CPU generator when ``None``), in graph order, so both modes draw
+        the same noise."""
         batch = self._batch(graphs, mode, "predict")
         if batch is None:
             return []
         c = self.config
         z = self.norm(self._message_passing(batch, mode))
         if c.noise_dim:
-            noise = torch.randn(batch.n, c.noise_dim, generator=generator)
+            where = generator.device if generator is not None else torch.device("cpu")
+            noise = torch.randn(batch.n, c.noise_dim, generator=generator, device=where)
             z = torch.cat([z, noise.to(device=z.device, dtype=z.dtype)], dim=1)
         return self._decode(z, batch)
 
