@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
@@ -151,11 +152,20 @@ def _print_group(name: str, rows: list[dict[str, Any]], epochs: int, seeds: int)
     print(f"\nGHN + 1 epoch beats default + 1 epoch on {beats} of {n} specs ({beats / n:.0%}).")
 
 
+def _short(label: str) -> str:
+    """A method's row label: ``ghn``, ``default``, or ``ghn-noise[FOLDER]`` for a noise GHN."""
+    name = label.split("(")[0]
+    if "noise=true" in label:
+        path = re.search(r"path=([^,)]+)", label)
+        return f"{name}-noise[{Path(path.group(1)).name if path else 'bundled'}]"
+    return name
+
+
 def part_ensembles(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     ghn = f"ghn(path={args.ghn})" if args.ghn else "ghn"
     methods = ["default", ghn]
-    if args.noise_ghn:
-        methods.append(f"ghn(path={args.noise_ghn},noise=true)")
+    for path in args.noise_ghn.split(",") if args.noise_ghn else []:
+        methods.append(f"ghn(path={path},noise=true)")
     else:
         print("\n(ensembles: no --noise-ghn given; the noise GHN is left out)")
     archs = ["classifier-cnn", held_out_specs(args.ghn, 1)[0]]
@@ -168,9 +178,8 @@ def part_ensembles(out: Path, args: argparse.Namespace) -> dict[str, Any]:
                                       "track": False})  # fmt: skip
         t0 = time.perf_counter()
         run(cfg)
-        groups = {label.split("(")[0] + ("-noise" if "noise=true" in label else ""): [
-            r for r in runs if r.get("status") == "ok" and r.get(LOGITS)]
-            for label, runs in group(load_results(folder)).items()}  # fmt: skip
+        groups = {_short(label): [r for r in runs if r.get("status") == "ok" and r.get(LOGITS)]
+                  for label, runs in group(load_results(folder)).items()}  # fmt: skip
         ens = ensemble_results(groups, folder, k=args.ens_size, draws=1, seed=0)
         results[arch] = {"seconds": time.perf_counter() - t0, "ensembles": ens}
         shown = {0, 1, 3, 5}
@@ -188,7 +197,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/bench/ghn"))
     p.add_argument("--parts", default="eval,report,ensembles", help="comma-separated: eval, report, ensembles")
     p.add_argument("--ghn", default=None, help="the GHN folder (default: the bundled GHN)")
-    p.add_argument("--noise-ghn", default=None, help="a noise GHN folder (initium train ghn --noise) for ensembles")
+    p.add_argument(
+        "--noise-ghn",
+        default=None,
+        help="noise GHN folders (initium train ghn --noise), comma-separated, for ensembles",
+    )
     p.add_argument("--held", type=int, default=50, help="held-out specs of the GHN's space")
     p.add_argument("--ood", type=int, default=10, help="out-of-distribution specs (space 'ood')")
     p.add_argument("--seeds", type=int, default=3)
