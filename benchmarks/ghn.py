@@ -164,9 +164,8 @@ def _short(label: str) -> str:
 def part_ensembles(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     ghn = f"ghn(path={args.ghn})" if args.ghn else "ghn"
     methods = ["default", ghn]
-    for path in args.noise_ghn.split(",") if args.noise_ghn else []:
-        methods.append(f"ghn(path={path},noise=true)")
-    else:
+    methods += [f"ghn(path={path},noise=true)" for path in (args.noise_ghn.split(",") if args.noise_ghn else [])]
+    if not args.noise_ghn:
         print("\n(ensembles: no --noise-ghn given; the noise GHN is left out)")
     archs = ["classifier-cnn", held_out_specs(args.ghn, 1)[0]]
     results: dict[str, Any] = {}
