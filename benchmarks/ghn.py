@@ -44,6 +44,7 @@ from initium.records import LOGITS, load_results
 from initium.report import ensemble_results, ensemble_table, group, mean_ci
 from initium.runner import RunConfig, run
 from initium.tasks import TASKS
+from initium.train import TrainingDiverged
 
 HAND = ("classifier-cnn", "classifier-mlp", "resnet(depth=8,width=8)")
 
@@ -77,8 +78,12 @@ def _curve(task: Any, spec: str, method: str, seed: int, epochs: int) -> list[fl
     model = task.build_model(*task.parse_arch(spec))
     initium.create(method, seed=seed)(model, task.inputs)
     accs: list[float] = []
-    task.fit(model, steps=epochs, lr=float(model.default_lr), evaluate_at=sorted({0, 1, epochs}),
-             on_eval=lambda _k, _pred: accs.append(task.evaluate_model(model)["test_acc"]))  # fmt: skip
+    points = sorted({0, 1, epochs})
+    try:
+        task.fit(model, steps=epochs, lr=float(model.default_lr), evaluate_at=points,
+                 on_eval=lambda _k, _pred: accs.append(task.evaluate_model(model)["test_acc"]))  # fmt: skip
+    except TrainingDiverged:  # a deep unnormalised net at the arch's lr: kept as NaN, counted in the table
+        accs += [math.nan] * (len(points) - len(accs))
     return accs
 
 
@@ -140,9 +145,22 @@ def _print_group(name: str, rows: list[dict[str, Any]], epochs: int, seeds: int)
                 print(f"| {row['spec']} | {label} | " + " | ".join(cells) + " |")
         return
     n = len(rows)
-    per_spec = {label: [[statistics.fmean(c[i] for c in row[label]) for row in rows] for i in range(len(cols))]
+
+    def mean(values: list[float]) -> float:  # over the seeds that did not diverge
+        finite = [v for v in values if math.isfinite(v)]
+        return statistics.fmean(finite) if finite else math.nan
+
+    per_spec = {label: [[mean([c[i] for c in row[label]]) for row in rows] for i in range(len(cols))]
                 for label in ("default", "ghn")}  # fmt: skip
-    beats = sum(g > d for g, d in zip(per_spec["ghn"][1], per_spec["default"][1], strict=True))
+    # a spec whose every seed diverged counts as beaten by one that trained
+    beats = sum(math.isfinite(g) and (not math.isfinite(d) or g > d)
+                for g, d in zip(per_spec["ghn"][1], per_spec["default"][1], strict=True))  # fmt: skip
+    for label in ("default", "ghn"):
+        runs = [c for row in rows for c in row[label]]
+        bad = sum(not math.isfinite(c[-1]) for c in runs)
+        if bad:
+            print(f"\n{label}: {bad} of {len(runs)} runs diverged in training (NaN loss); their acc@1 is left out")
+            per_spec[label] = [[v for v in col if math.isfinite(v)] for col in per_spec[label]]
     print(f"\n### {name} specs ({n}): test accuracy on digits, mean ± 95% CI over specs (each the mean of"
           f" {seeds} seeds); median, min\n")  # fmt: skip
     print("| init | " + " | ".join(cols) + " | median@0 | min@0 |\n|---|" + "---|" * (len(cols) + 2))
