@@ -115,3 +115,21 @@ def test_a_tiny_ghn_predicts_held_out_nets_well_above_chance(tmp_path):
     accs = ghn_train.accuracy(ghn, held, task, split="test")
     report = list(zip(held, accs, strict=True))
     assert sum(accs) / len(accs) >= 0.3 and sum(a >= 0.3 for a in accs) >= 3, report
+
+
+def test_train_ghn_command_writes_the_ghn_and_its_exact_command(tmp_path):
+    from initium.cli import main
+    from initium.methods import ghn
+
+    argv = ["train", "ghn", "--dataset", "digits", "--space", "small", "--steps", "2", "--meta-batch", "2",
+            "--batch-size", "8", "--hidden", "8", "--block", "8", "--decoder", "8,16", "--train-specs", "4",
+            "--held-out", "2", "--out", str(tmp_path / "g")]  # fmt: skip
+    assert main(argv) == 0
+    loaded = ghn.load(tmp_path / "g")
+    meta = loaded.meta
+    assert meta["command"] == "initium " + " ".join(argv)
+    assert meta["training"]["steps"] == 2 and meta["space"] == {
+        "name": "small", "train": 4, "held_out": 2, "split": "initium.nn.split_space"}  # fmt: skip
+    assert meta["data"]["trained_on"] == "train split only" and meta["data"]["dataset"] == "digits"
+    assert set(meta["accuracy"]) >= {"train_specs_val_acc", "held_out_specs_val_acc"}
+    assert (loaded.config.block, loaded.config.decoder, loaded.config.noise_dim) == (8, (8, 16), 0)
