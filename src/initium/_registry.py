@@ -182,6 +182,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         raise SpecError(f"{where}: expected None, got {value!r}")
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"  # `skip=true` in a spec: a bare word, lower case as on the command line
     if origin is tuple or hint is tuple:
         if isinstance(value, (list, tuple)):
             args = typing.get_args(hint)

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import shlex
 import sys
@@ -293,6 +294,44 @@ def _add_train_parser(sub: Any) -> None:
         "--ddp", action="store_true",
         help="under torchrun: every rank trains every layer's VAE together (DDP) instead of sharding the layers",
     )  # fmt: skip
+    _add_train_ghn_parser(tsub)
+
+
+def _add_train_ghn_parser(tsub: Any) -> None:
+    """``initium train ghn`` (:func:`initium.ghn.train`)."""
+    from .methods.ghn_train import GHNTrainConfig
+
+    ghn = tsub.add_parser(
+        "ghn", help="a graph hypernetwork on an architecture space and a classify dataset; checkpoints, resumes, DDP"
+    )
+    ghn.add_argument("--out", type=Path, required=True, help="the GHN folder: ghn.safetensors + ghn.json")
+    defaults = GHNTrainConfig()
+    for name, kind, text in (
+        ("dataset", str, "classify dataset (digits, mnist1d or a path); trains on its training split only"),
+        ("space", str, "architecture space (initium.nn.space: small, ood)"), ("steps", int, "meta-batches"),
+        ("meta_batch", int, "architectures per step (split over the ranks under torchrun)"),
+        ("batch_size", int, "images per step, shared by the meta-batch"),
+        ("lr", float, "Adam's learning rate, decaying to 0 (cosine)"), ("clip", float, "gradient norm clip"),
+        ("diversity", float, "noise GHN: weight of the two passes' logit cosine similarity"),
+        ("seed", int, "seed of the GHN's init and of every step's draws"),
+        ("train_specs", int, "training architectures of the space"),
+        ("held_out", int, "held-out architectures of the space (never trained on)"),
+        ("checkpoint_every", int, "steps between checkpoints"),
+    ):  # fmt: skip
+        flag = "--" + name.replace("_", "-")
+        ghn.add_argument(
+            flag, type=kind, default=getattr(defaults, name), help=f"{text} (default {getattr(defaults, name)})"
+        )
+    ghn.add_argument("--noise", action="store_true", help="a noise GHN: noise per node, two passes, diversity loss")
+    ghn.add_argument("--hidden", type=int, default=None, help="the GHN's node state width (default: GHNConfig's)")
+    ghn.add_argument("--block", type=int, default=None, help="channels of the decoded block (default: GHNConfig's)")
+    ghn.add_argument(
+        "--decoder",
+        type=_tuple_option,
+        default=None,
+        help="the conv decoder's hidden widths D0,D1 (default: GHNConfig's)",
+    )
+    ghn.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
 
 
 def _split_methods(text: str) -> tuple[str, ...]:
@@ -560,6 +599,8 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.train_command == "ghn":
+        return _train_ghn(args)
     from .methods import vae
 
     me = distributed.init()  # under torchrun: one copy of this command per rank, the layers shared out
@@ -587,6 +628,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     console.print(
         f"saved {args.out / vae.WEIGHTS_FILE} and {vae.CONFIG_FILE}; use it: --methods 'vae(path={args.out})'"
     )
+    return 0
+
+
+def _train_ghn(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .methods import ghn, ghn_train
+
+    sizes = {k: getattr(args, k) for k in ("hidden", "block", "decoder") if getattr(args, k) is not None}
+    config = dataclasses.replace(ghn.GHNConfig(), **sizes) if sizes else None
+    command = shlex.join(["initium", *getattr(args, "argv", sys.argv[1:])])
+    me = distributed.init()  # under torchrun: the ranks split every meta-batch
+    try:
+        with _rank_progress(me, "train ghn", f"{args.space} on {args.dataset}") as progress:
+            ghn_train.train(
+                args.out, dataset=args.dataset, space=args.space, steps=args.steps, meta_batch=args.meta_batch,
+                batch_size=args.batch_size, lr=args.lr, clip=args.clip, noise=args.noise, diversity=args.diversity,
+                seed=args.seed, train_specs=args.train_specs, held_out=args.held_out,
+                checkpoint_every=args.checkpoint_every, ghn_config=config, device=args.device, progress=progress,
+                command=command,
+            )  # fmt: skip
+    finally:
+        distributed.shutdown()
+    if me.is_main:
+        saved = json.loads((args.out / "ghn.json").read_text())
+        meta = saved.get("meta", saved)
+        acc = {
+            k: meta.get("accuracy", {}).get(k, float("nan")) for k in ("train_specs_val_acc", "held_out_specs_val_acc")
+        }
+        console.print(
+            f"saved the GHN in {args.out}: validation accuracy with predicted parameters, no training: training"
+            f" specs {acc['train_specs_val_acc']:.3f}, held-out specs {acc['held_out_specs_val_acc']:.3f};"
+            f" use it: --methods 'ghn(path={args.out})'"
+        )
     return 0
 
 
@@ -618,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         console.print(f"[bold red]error:[/] {UnknownNameError(_unknown_task(task))}", soft_wrap=True)
         return 2
     args = build_parser(task).parse_args(argv)
-    args.argv = argv  # the command line, as the records keep it
+    args.argv = argv  # the command line, as the records and the files it writes (train ghn) keep it
     try:
         me = distributed.rank_info()
     except ValueError as exc:

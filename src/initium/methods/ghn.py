@@ -124,7 +124,7 @@ from ._base import METHODS, Method
 
 __all__ = [
     "BUNDLED", "CONFIG_FILE", "FORMAT", "GHN", "WEIGHTS_FILE", "FillReport", "GHNConfig", "GHNError", "GHNInit",
-    "GHNMethodConfig", "fill", "load", "reestimate_batchnorm", "save",
+    "GHNMethodConfig", "GHNTrainConfig", "fill", "load", "reestimate_batchnorm", "save", "train",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -1064,3 +1064,9 @@ class GHNInit(Method):
             "graph": report.graph_method,
         }
         return model
+
+
+# --- training (initium.methods.ghn_train: initium.ghn.train, `initium train ghn`) ----------------------------------
+
+from .ghn_train import GHNTrainConfig as GHNTrainConfig  # noqa: E402  (it imports this module only inside functions)
+from .ghn_train import train as train  # noqa: E402

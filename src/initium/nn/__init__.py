@@ -28,6 +28,9 @@ from .resnet import build_resnet as _build_resnet
 from .siren import Sine as Sine
 from .siren import Siren as Siren
 from .siren import siren_uniform_ as siren_uniform_
+from .space import Net as Net
+from .space import sample_space as sample_space
+from .space import split_space as split_space
 from .vae import ConvSliceVAE as ConvSliceVAE
 from .vae import MLPSliceVAE as MLPSliceVAE
 from .vae import SliceVAE as SliceVAE
@@ -43,9 +46,10 @@ ARCHS.register("classifier-cnn")(ClassifierCNN)
 ARCHS.register("dip")(DIPNet)
 ARCHS.register("resnet")(_build_resnet)
 ARCHS.register("resnet-bottleneck")(_build_bottleneck_resnet)
+ARCHS.register("net")(Net)
 
 __all__ = [
     "ARCHS", "MLP", "PEMLP", "BottleneckResNet", "ClassifierCNN", "ClassifierMLP", "ConvSliceVAE", "DIPNet", "DeepONet",
-    "FAConv1d", "FAConv2d", "FALinear", "FourierFeatures", "FourierMLP", "MLPSliceVAE", "PositionalEncoding", "ResNet",
-    "Sine", "Siren", "SliceVAE", "siren_uniform_",
+    "FAConv1d", "FAConv2d", "FALinear", "FourierFeatures", "FourierMLP", "MLPSliceVAE", "Net", "PositionalEncoding",
+    "ResNet", "Sine", "Siren", "SliceVAE", "sample_space", "siren_uniform_", "split_space",
 ]  # fmt: skip
