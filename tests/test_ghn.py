@@ -355,3 +355,14 @@ def test_runner_gives_the_method_the_tasks_inputs(net: ghn.GHN, noisy: ghn.GHN, 
     first = {(r["method"], r["seed"]): r["curve"]["test_loss"][0] for r in records}
     assert first[(methods[0], 0)] == first[(methods[0], 1)]
     assert first[(methods[1], 0)] != first[(methods[1], 1)]
+
+
+def test_noise_without_a_path_needs_a_bundled_noise_ghn(noisy: ghn.GHN, tmp_path, monkeypatch) -> None:
+    """``ghn(noise=true)`` with no path: the bundled noise GHN when the package ships one, else a
+    clear error naming the command that trains one."""
+    monkeypatch.setattr(ghn, "BUNDLED_NOISE", tmp_path / "none")
+    with pytest.raises(ghn.GHNError, match=r"ships no noise GHN.*--noise"):
+        initium.create("ghn(noise=true)")
+    ghn.save(noisy, tmp_path / "bundled-noise")
+    monkeypatch.setattr(ghn, "BUNDLED_NOISE", tmp_path / "bundled-noise")
+    assert initium.create("ghn(noise=true)").ghn.config.noise_dim == noisy.config.noise_dim

@@ -133,3 +133,35 @@ def test_train_ghn_command_writes_the_ghn_and_its_exact_command(tmp_path):
     assert meta["data"]["trained_on"] == "train split only" and meta["data"]["dataset"] == "digits"
     assert set(meta["accuracy"]) >= {"train_specs_val_acc", "held_out_specs_val_acc"}
     assert (loaded.config.block, loaded.config.decoder, loaded.config.noise_dim) == (8, (8, 16), 0)
+
+
+def test_warm_start_copies_a_plain_ghn_and_adds_small_noise_columns(tmp_path):
+    """``init=PATH``: a plain warm start is the saved GHN exactly; a noise one predicts the same
+    weights when its noise is zero, and differs by little (the noise columns start at
+    ``NOISE_START`` of a fresh init) for a real draw."""
+    from initium import graph
+    from initium.methods import ghn
+    from initium.nn import Net
+
+    torch.manual_seed(0)
+    saved = ghn.GHN(SMALL)
+    folder = ghn.save(saved, tmp_path / "plain")
+    cfg = ghn_train.GHNTrainConfig()
+    plain = ghn_train.warm_start(cfg, 10, folder)
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), plain.state_dict().values(), strict=True))
+    noisy = ghn_train.warm_start(ghn_train.GHNTrainConfig(noise=True), 10, folder)
+    assert noisy.config.noise_dim == 8 and noisy.decoder.fc.weight.shape[1] == SMALL.hidden + 8
+    g = graph.build(Net((1, 8, 8), 10, depth=2, width=12), torch.randn(2, 1, 8, 8))
+    want = saved.eval().predict([g])[0]["features.0.layer.weight"]
+    with torch.no_grad():
+        for layer in (noisy.decoder.fc, noisy.decoder.vector[0]):
+            cols = layer.weight[:, SMALL.hidden :]
+            assert 0 < cols.abs().max() < 0.2  # fresh (He: std ~0.5 for 8+8 inputs) times NOISE_START
+        drawn = noisy.eval().predict([g], generator=torch.Generator().manual_seed(1))[0]["features.0.layer.weight"]
+        noisy.decoder.fc.weight[:, SMALL.hidden :] = 0
+        noisy.decoder.vector[0].weight[:, SMALL.hidden :] = 0
+        zero = noisy.predict([g], generator=torch.Generator().manual_seed(1))[0]["features.0.layer.weight"]
+    assert torch.allclose(zero, want, atol=1e-6)
+    assert 0 < (drawn - want).norm() < 0.5 * want.norm()
+    with pytest.raises(ValueError, match="10-class heads, the dataset has 5"):
+        ghn_train.warm_start(cfg, 5, folder)

@@ -331,6 +331,9 @@ def _add_train_ghn_parser(tsub: Any) -> None:
         default=None,
         help="the conv decoder's hidden widths D0,D1 (default: GHNConfig's)",
     )
+    ghn.add_argument(
+        "--init", type=Path, default=None, help="start from this saved GHN (e.g. a noise GHN from a plain one)"
+    )
     ghn.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
 
 
@@ -647,7 +650,7 @@ def _train_ghn(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size, lr=args.lr, clip=args.clip, noise=args.noise, diversity=args.diversity,
                 seed=args.seed, train_specs=args.train_specs, held_out=args.held_out,
                 checkpoint_every=args.checkpoint_every, ghn_config=config, device=args.device, progress=progress,
-                command=command,
+                command=command, init=args.init,
             )  # fmt: skip
     finally:
         distributed.shutdown()

@@ -123,8 +123,8 @@ from ..graph import Graph
 from ._base import METHODS, Method
 
 __all__ = [
-    "BUNDLED", "CONFIG_FILE", "FORMAT", "GHN", "WEIGHTS_FILE", "FillReport", "GHNConfig", "GHNError", "GHNInit",
-    "GHNMethodConfig", "GHNTrainConfig", "fill", "load", "reestimate_batchnorm", "save", "train",
+    "BUNDLED", "BUNDLED_NOISE", "CONFIG_FILE", "FORMAT", "GHN", "WEIGHTS_FILE", "FillReport", "GHNConfig", "GHNError",
+    "GHNInit", "GHNMethodConfig", "GHNTrainConfig", "fill", "load", "reestimate_batchnorm", "save", "train",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,8 @@ CONFIG_FILE = "ghn.json"
 WEIGHTS_FILE = "ghn.safetensors"
 BUNDLED = Path(__file__).parents[1] / "data" / "ghn"
 """The GHN shipped with the package (``load(None)``, ``create("ghn")``), trained by ``initium train ghn``."""
+BUNDLED_NOISE = Path(__file__).parents[1] / "data" / "ghn-noise"
+"""The noise GHN shipped with the package, when there is one: ``ghn(noise=true)`` without a path uses it."""
 
 TRAIN_HINT = "initium train ghn --dataset digits --space small --steps 2000 --out GHN"
 MODES = ("levels", "nodes")
@@ -1003,8 +1005,9 @@ def fill(
 @dataclass(frozen=True)
 class GHNMethodConfig:
     """Config of the ``ghn`` method: ``path`` of a GHN (``initium train ghn``; empty: the bundled
-    one); ``noise``: draw a noise GHN's noise from a generator seeded by ``seed`` (the run's seed),
-    which needs a GHN trained with noise; ``bn_samples``: how many of the inputs re-estimate the
+    one, or with ``noise`` the bundled noise GHN :data:`BUNDLED_NOISE`); ``noise``: draw a noise
+    GHN's noise from a generator seeded by ``seed`` (the run's seed), which needs a GHN trained with
+    noise; ``bn_samples``: how many of the inputs re-estimate the
     BatchNorm statistics."""
 
     path: str = ""
@@ -1027,7 +1030,15 @@ class GHNInit(Method):
         self.config = config
         if not isinstance(config.bn_samples, int) or isinstance(config.bn_samples, bool) or config.bn_samples < 1:
             raise GHNError(f"ghn: bn_samples must be an int >= 1, got {config.bn_samples!r}")
-        self.ghn = load(config.path or None)  # a missing or malformed GHN fails here, before any work
+        if config.noise and not config.path:
+            if not (BUNDLED_NOISE / CONFIG_FILE).is_file():
+                raise GHNError(
+                    f"ghn(noise=true): this installation ships no noise GHN ({BUNDLED_NOISE / CONFIG_FILE} is missing);"
+                    f" train one with `{TRAIN_HINT} --noise` and pass path=GHN"
+                )
+            self.ghn = load(BUNDLED_NOISE)
+        else:
+            self.ghn = load(config.path or None)  # a missing or malformed GHN fails here, before any work
         if config.noise and self.ghn.config.noise_dim == 0:
             where = _where(config.path) if config.path else "the bundled GHN"
             raise GHNError(

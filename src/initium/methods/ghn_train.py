@@ -48,7 +48,7 @@ from .. import distributed
 from ..nn import split_space
 from ..train import Checkpoint, ProgressFn, Steps, TrainingDiverged, adam, cosine, loop, progress_hook, sgd
 
-__all__ = ["GHNTrainConfig", "accuracy", "new_ghn", "task_data", "train"]
+__all__ = ["GHNTrainConfig", "accuracy", "new_ghn", "task_data", "train", "warm_start"]
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,39 @@ def new_ghn(cfg: GHNTrainConfig, num_classes: int, ghn_config: Any = None) -> nn
         return ghn_module.GHN(dataclasses.replace(base, **overrides))
 
 
+NOISE_START = 0.1
+"""Scale of the noise columns of a warm-started noise GHN (:func:`warm_start`) against a fresh
+GHN's init: small, so that it starts near the plain GHN it comes from."""
+
+
+def warm_start(cfg: GHNTrainConfig, num_classes: int, path: str | os.PathLike[str]) -> nn.Module:
+    """The GHN :func:`train` starts from with ``init=path``: the saved GHN's weights in a GHN of
+    its config (``noise_dim=8`` when ``cfg.noise`` and it has none, ``num_classes`` checked). The
+    decoder layers that read the noise (``decoder.fc``, ``decoder.vector.0``) get extra input
+    columns: a fresh GHN's init times :data:`NOISE_START`; every other tensor is copied."""
+    from . import ghn as ghn_module
+
+    saved = ghn_module.load(path)
+    if saved.config.num_classes != num_classes:
+        raise ValueError(
+            f"--init {path}: that GHN predicts {saved.config.num_classes}-class heads, the dataset has {num_classes}"
+        )
+    fresh = new_ghn(cfg, num_classes, dataclasses.replace(saved.config, noise_dim=0))
+    state = fresh.state_dict()
+    old = saved.state_dict()
+    for name, value in old.items():
+        target = state[name]
+        if target.shape == value.shape:
+            target.copy_(value)
+        elif target.dim() == 2 and target.shape[0] == value.shape[0] and target.shape[1] > value.shape[1]:
+            target[:, value.shape[1] :] *= NOISE_START  # the new noise inputs
+            target[:, : value.shape[1]] = value
+        else:
+            raise ValueError(f"--init {path}: its {name} has shape {tuple(value.shape)}, not {tuple(target.shape)}")
+    fresh.load_state_dict(state)
+    return fresh
+
+
 def task_data(dataset: str, device: torch.device) -> Any:
     """The classify task's data (its train / validation / test split): the GHN trains on its
     training split only."""
@@ -235,6 +268,7 @@ def train(
     device: str | None = None,
     progress: ProgressFn | None = None,
     command: str | None = None,
+    init: str | os.PathLike[str] | None = None,
 ) -> nn.Module:
     """Train a GHN on the architecture space ``space`` and the classify dataset ``dataset``, save it
     in the folder ``out`` (``initium.ghn.save``: safetensors + JSON carrying the config, the
@@ -246,6 +280,9 @@ def train(
     engine's events (phase ``"ghn"``). A job killed in the middle resumes from its last checkpoint
     in ``out/.work`` when called again with the same options. Under torchrun every rank trains its
     share of each meta-batch; rank 0 writes the files; every rank returns the GHN.
+
+    ``init``: a saved GHN (folder) to start from instead of a fresh one (:func:`warm_start`: e.g. a
+    noise GHN from a trained plain one); ``ghn_config`` is then ignored: the sizes are the saved GHN's.
     """
     from . import ghn as ghn_module
 
@@ -267,10 +304,14 @@ def train(
                 " per rank"
             )
         dev = distributed.device_for(me, device)
+        ghn_init_digest = ghn_module.load(init).digest if init is not None else None
         task = task_data(cfg.dataset, dev)
         train_list, held_list = split_space(cfg.space, cfg.train_specs, cfg.held_out)
         nets = _Nets(task, task.inputs[:2])
-        ghn = new_ghn(cfg, task.num_classes, ghn_config).to(dev)
+        if init is not None:
+            ghn = warm_start(cfg, task.num_classes, init).to(dev)
+        else:
+            ghn = new_ghn(cfg, task.num_classes, ghn_config).to(dev)
         ghn.train()
         step_module = _MetaStep(ghn, cfg, me.rank, me.world_size)
         step_fn: Any = step_module
@@ -319,6 +360,7 @@ def train(
         meta = {
             "training": dataclasses.asdict(cfg),
             "command": command,
+            "init": None if init is None else {"path": str(init), "sha256": ghn_init_digest},
             "space": {
                 "name": cfg.space,
                 "train": len(train_list),

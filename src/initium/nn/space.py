@@ -10,8 +10,13 @@ convolutional or an MLP stem, and a linear classifier head. Its spec string is w
 :func:`sample_space` draws spec strings from a named space (deterministic for a seed, no spec
 twice); :func:`split_space` splits one space into disjoint training and held-out lists:
 
-- ``small``: the training distribution: depth 1-4, width 8-32, kernel 1/3/5, skip or not, any
-  normalisation or none, max/avg/no pooling, conv stem (MLP stem one time in five);
+- ``small``: the training distribution: depth 1-4, width 8-32, kernel 3/5, skip or not, any
+  normalisation or none, max/avg/no pooling, conv stem (MLP stem one time in five). No 1x1
+  kernels: a ``Net`` has one kernel size for all its convolutions, so ``kernel=1`` makes a
+  bag-of-pixels model (each pixel transformed alone, then pooled): such nets reach only 25-37%
+  validation accuracy on digits after 40 epochs of Adam (4 specs measured), so they measured the
+  space, not the GHN (an earlier space with kernel 1/3/5 held out 18 of 50 such specs, all at
+  chance under the GHN);
 - ``ood``: out of distribution: wider (48-96), deeper (6-10), kernel 3/5/7, no normalisation.
 """
 
@@ -178,7 +183,7 @@ def _spec(cfg: dict[str, Any]) -> str:
 
 def _small(rng: random.Random) -> str:
     return _spec({
-        "depth": rng.randint(1, 4), "width": rng.randint(8, 32), "kernel": rng.choice((1, 3, 5)),
+        "depth": rng.randint(1, 4), "width": rng.randint(8, 32), "kernel": rng.choice((3, 5)),
         "skip": rng.random() < 0.5, "norm": rng.choice(NORMS), "pool": rng.choice(POOLS),
         "stem": "mlp" if rng.random() < 0.2 else "conv",
     })  # fmt: skip
