@@ -334,6 +334,9 @@ def _add_train_ghn_parser(tsub: Any) -> None:
     ghn.add_argument(
         "--init", type=Path, default=None, help="start from this saved GHN (e.g. a noise GHN from a plain one)"
     )
+    ghn.add_argument(
+        "--noise-start", type=float, default=None, help="with --init and --noise: scale of the new noise columns (0.1)"
+    )
     ghn.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
 
 
@@ -650,7 +653,7 @@ def _train_ghn(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size, lr=args.lr, clip=args.clip, noise=args.noise, diversity=args.diversity,
                 seed=args.seed, train_specs=args.train_specs, held_out=args.held_out,
                 checkpoint_every=args.checkpoint_every, ghn_config=config, device=args.device, progress=progress,
-                command=command, init=args.init,
+                command=command, init=args.init, noise_start=args.noise_start,
             )  # fmt: skip
     finally:
         distributed.shutdown()

@@ -184,11 +184,13 @@ NOISE_START = 0.1
 GHN's init: small, so that it starts near the plain GHN it comes from."""
 
 
-def warm_start(cfg: GHNTrainConfig, num_classes: int, path: str | os.PathLike[str]) -> nn.Module:
+def warm_start(
+    cfg: GHNTrainConfig, num_classes: int, path: str | os.PathLike[str], *, noise_start: float = NOISE_START
+) -> nn.Module:
     """The GHN :func:`train` starts from with ``init=path``: the saved GHN's weights in a GHN of
     its config (``noise_dim=8`` when ``cfg.noise`` and it has none, ``num_classes`` checked). The
     decoder layers that read the noise (``decoder.fc``, ``decoder.vector.0``) get extra input
-    columns: a fresh GHN's init times :data:`NOISE_START`; every other tensor is copied."""
+    columns: a fresh GHN's init times ``noise_start``; every other tensor is copied."""
     from . import ghn as ghn_module
 
     saved = ghn_module.load(path)
@@ -204,7 +206,7 @@ def warm_start(cfg: GHNTrainConfig, num_classes: int, path: str | os.PathLike[st
         if target.shape == value.shape:
             target.copy_(value)
         elif target.dim() == 2 and target.shape[0] == value.shape[0] and target.shape[1] > value.shape[1]:
-            target[:, value.shape[1] :] *= NOISE_START  # the new noise inputs
+            target[:, value.shape[1] :] *= noise_start  # the new noise inputs
             target[:, : value.shape[1]] = value
         else:
             raise ValueError(f"--init {path}: its {name} has shape {tuple(value.shape)}, not {tuple(target.shape)}")
@@ -269,6 +271,7 @@ def train(
     progress: ProgressFn | None = None,
     command: str | None = None,
     init: str | os.PathLike[str] | None = None,
+    noise_start: float | None = None,
 ) -> nn.Module:
     """Train a GHN on the architecture space ``space`` and the classify dataset ``dataset``, save it
     in the folder ``out`` (``initium.ghn.save``: safetensors + JSON carrying the config, the
@@ -282,13 +285,16 @@ def train(
     share of each meta-batch; rank 0 writes the files; every rank returns the GHN.
 
     ``init``: a saved GHN (folder) to start from instead of a fresh one (:func:`warm_start`: e.g. a
-    noise GHN from a trained plain one); ``ghn_config`` is then ignored: the sizes are the saved GHN's.
+    noise GHN from a trained plain one); ``ghn_config`` is then ignored: the sizes are the saved GHN's;
+    ``noise_start`` scales its new noise columns (default :data:`NOISE_START`).
     """
     from . import ghn as ghn_module
 
     cfg = GHNTrainConfig(dataset, space, steps, meta_batch, batch_size, lr, clip, noise, diversity, seed,
                          train_specs, held_out, checkpoint_every, eval_specs, optimizer)  # fmt: skip
     cfg.check()
+    if noise_start is not None and not (isinstance(noise_start, int | float) and 0 <= noise_start < math.inf):
+        raise ValueError(f"train ghn --noise-start must be a finite number >= 0, got {noise_start!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder for a GHN")
@@ -309,7 +315,8 @@ def train(
         train_list, held_list = split_space(cfg.space, cfg.train_specs, cfg.held_out)
         nets = _Nets(task, task.inputs[:2])
         if init is not None:
-            ghn = warm_start(cfg, task.num_classes, init).to(dev)
+            start = NOISE_START if noise_start is None else noise_start
+            ghn = warm_start(cfg, task.num_classes, init, noise_start=start).to(dev)
         else:
             ghn = new_ghn(cfg, task.num_classes, ghn_config).to(dev)
         ghn.train()
@@ -360,7 +367,13 @@ def train(
         meta = {
             "training": dataclasses.asdict(cfg),
             "command": command,
-            "init": None if init is None else {"path": str(init), "sha256": ghn_init_digest},
+            "init": None
+            if init is None
+            else {
+                "path": str(init),
+                "sha256": ghn_init_digest,
+                "noise_start": NOISE_START if noise_start is None else noise_start,
+            },
             "space": {
                 "name": cfg.space,
                 "train": len(train_list),
