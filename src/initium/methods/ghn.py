@@ -84,7 +84,8 @@ the returned :class:`FillReport` and logged as a warning, never silently left ra
 **Files.** ``GHN/ghn.safetensors`` (the GHN's state dict) and ``GHN/ghn.json`` (format, version,
 the :class:`GHNConfig`, ``meta`` such as the training command and data, the sha256 of the weights,
 checked before they are parsed). Nothing is unpickled. ``load(None)`` reads the GHN shipped with
-the package (:data:`BUNDLED`).
+the package (:data:`BUNDLED`); ``ghn(noise=true)`` with no path the noise GHN shipped beside it
+(:data:`BUNDLED_NOISE`, warm-started from the plain one: ``initium train ghn --init``).
 
 Python API::
 
