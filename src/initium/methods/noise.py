@@ -31,29 +31,60 @@ import torch
 from torch import nn
 
 from ..cache import InitCache, probe_forward
+from ..nn import PEMLP, DIPNet, FourierMLP, Siren
 from ..noise import NOISES, NoiseSource, grid_shape, sample_noise
 from ..train import fit
 from ._base import METHODS, Method
 
-__all__ = ["NoiseConfig", "NoisePretrain", "noise_pretrain", "pretrain_inputs"]
+__all__ = ["BUDGETS", "Budget", "NoiseConfig", "NoisePretrain", "default_budget", "noise_pretrain", "pretrain_inputs"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much pretraining: ``steps`` Adam steps on ``fraction`` of the inputs."""
+
+    fraction: float
+    steps: int
+
+
+# The default budget per model class, chosen by ``benchmarks/noise_budget.py`` on camera and
+# astronaut (BENCHMARKS.md, "Noise pretraining budget"): the setting that reached 35 dB soonest in
+# wall time, pretraining included, on the CPU at 96 px (DIP: the denoising peak).
+BUDGETS: dict[type[nn.Module], Budget] = {
+    Siren: Budget(1.0, 500),
+    FourierMLP: Budget(1.0, 500),
+    PEMLP: Budget(1.0, 500),
+    DIPNet: Budget(1.0, 500),
+}
+FALLBACK = Budget(1.0, 500)  # a model not measured: the whole inputs, the paper's few hundred steps
+
+
+def default_budget(model: nn.Module) -> Budget:
+    """The :data:`BUDGETS` entry of ``model``'s class (or the nearest base class in it), else
+    :data:`FALLBACK`."""
+    for cls in type(model).__mro__:
+        if cls in BUDGETS:
+            return BUDGETS[cls]
+    return FALLBACK
 
 
 @dataclass(frozen=True)
 class NoiseConfig:
     """Config of :func:`noise_pretrain`; ``noise`` is a spec of ``initium.noise.NOISES``
     (``"gaussian"``, ``"uniform"``, ``"spectral(alpha=1)"``); ``fraction``: the share of the inputs
-    pretrained on (:func:`pretrain_inputs`)."""
+    pretrained on (:func:`pretrain_inputs`). ``steps`` or ``fraction`` left ``None`` take the
+    model's :func:`default_budget`."""
 
-    steps: int = 500
+    steps: int | None = None
     lr: float | None = None
     noise: str = "gaussian"
     resample: bool = False
     seed: int = 0
     cache: bool = True
     target_range: tuple[float, float] = (0.0, 1.0)
-    fraction: float = 1.0
+    fraction: float | None = None
 
 
 def _noise_source(spec: str) -> NoiseSource:
@@ -132,12 +163,13 @@ def _check_inputs(model: nn.Module, inputs: torch.Tensor) -> None:
 
 
 def _check_config(cfg: NoiseConfig) -> NoiseSource:
-    if not isinstance(cfg.steps, int) or cfg.steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {cfg.steps!r}")
+    if cfg.steps is not None and (not isinstance(cfg.steps, int) or isinstance(cfg.steps, bool) or cfg.steps < 0):
+        raise ValueError(f"steps must be an int >= 0 (or None for the model's default budget), got {cfg.steps!r}")
     if cfg.lr is not None and not (cfg.lr > 0 and math.isfinite(cfg.lr)):
         raise ValueError(f"lr must be a finite number > 0 (or None for the model's default), got {cfg.lr!r}")
     _check_range(cfg.target_range)
-    _check_fraction(cfg.fraction)
+    if cfg.fraction is not None:
+        _check_fraction(cfg.fraction)
     return _noise_source(cfg.noise)
 
 
@@ -259,14 +291,14 @@ def noise_pretrain(
     model: nn.Module,
     inputs: torch.Tensor,
     *,
-    steps: int = 500,
+    steps: int | None = None,
     lr: float | None = None,
     noise: str = "gaussian",
     resample: bool = False,
     seed: int = 0,
     cache: bool | InitCache = True,
     target_range: tuple[float, float] = (0.0, 1.0),
-    fraction: float = 1.0,
+    fraction: float | None = None,
 ) -> nn.Module:
     """Fit ``model`` to a fixed noise target at ``inputs`` for ``steps`` Adam steps, in place.
 
@@ -286,7 +318,8 @@ def noise_pretrain(
         model: any module; its current weights are the starting point.
         inputs: what the model will be trained on: coordinates ``(N, in_features)`` for an INR,
             the fixed latent for a deep-image-prior net.
-        steps: pretraining steps (paper: a few hundred; 500 by default).
+        steps: pretraining steps (paper: a few hundred); ``None``: the model's
+            :func:`default_budget` (measured per architecture, :data:`BUDGETS`; 500 for others).
         lr: Adam learning rate; ``None`` uses ``model.default_lr`` (SIREN 1e-4, Fourier/PE MLPs
             1e-3) or 1e-4.
         noise: a noise spec: ``"gaussian"`` (white, matched to ``target_range``), ``"uniform"``,
@@ -299,7 +332,8 @@ def noise_pretrain(
             model). A cache folder that cannot be written still serves hits; a miss is then
             computed and not stored, with a warning.
         target_range: the range of the signal the model will be trained on.
-        fraction: the share of ``inputs`` to pretrain on, in (0, 1]; see above.
+        fraction: the share of ``inputs`` to pretrain on, in (0, 1]; see above. ``None``: the
+            model's :func:`default_budget` (1 for a model not in :data:`BUDGETS`).
 
     Returns:
         ``model``, pretrained.
@@ -324,6 +358,17 @@ class NoisePretrain(Method):
     def validate(self, model: nn.Module, inputs: torch.Tensor | None = None) -> None:
         self._check(model, inputs)
 
+    def resolve(self, model: nn.Module) -> NoiseConfig:
+        """The config with ``steps`` and ``fraction`` filled from ``model``'s :func:`default_budget`
+        where they are ``None``: what runs, and what the cache key holds."""
+        budget = default_budget(model)
+        cfg = self.config
+        return dataclasses.replace(
+            cfg,
+            steps=budget.steps if cfg.steps is None else cfg.steps,
+            fraction=budget.fraction if cfg.fraction is None else cfg.fraction,
+        )
+
     def _check(self, model: nn.Module, inputs: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Everything :meth:`validate` promises; returns the inputs pretraining runs on (the
         ``fraction`` of them) and the model's output there (the probe)."""
@@ -332,7 +377,9 @@ class NoisePretrain(Method):
             raise ValueError("noise pretraining needs the inputs the model will be trained on")
         _check_inputs(model, inputs)
         out = _probe(model, inputs)
-        used = pretrain_inputs(model, inputs, self.config.fraction, self.config.seed)
+        fraction = self.resolve(model).fraction
+        assert fraction is not None
+        used = pretrain_inputs(model, inputs, fraction, self.config.seed)
         if used is not inputs:
             out = _probe(model, used)
             inputs = used
@@ -347,12 +394,12 @@ class NoisePretrain(Method):
         # From here on ``inputs`` are those pretraining runs on: the cache key holds them, not the
         # whole set (two sets with the same fraction of them share the pretrained init)
         inputs, out = self._check(model, inputs)
-        cfg = self.config
+        cfg = self.resolve(model)
         lr = cfg.lr if cfg.lr is not None else float(getattr(model, "default_lr", 1e-4))
         record = {"method": self.name, **dataclasses.asdict(cfg), "lr": lr, "cache": None}
         store = self.store
         key = InitCache.key(model, inputs, record, outputs=out) if store is not None else None
-        self.info = {"cache": "off" if key is None else "miss"}
+        self.info = {"cache": "off" if key is None else "miss", "steps": cfg.steps, "fraction": cfg.fraction}
         if store is not None and key is not None:
             if (state := store.load(key, like=model.state_dict())) is not None:
                 model.load_state_dict(state)
