@@ -59,7 +59,8 @@ def _config_name(fraction: float | None, steps: int | None) -> str:
 
 
 def run_image_fit(arch: str, arch_kwargs: dict[str, Any], image: str, size: int, seed: int,
-                  fraction: float | None, pre_steps: int | None, max_steps: int) -> dict[str, Any]:  # fmt: skip
+                  fraction: float | None, pre_steps: int | None, max_steps: int,
+                  stop_at: float = THRESHOLDS[-1]) -> dict[str, Any]:  # fmt: skip
     task = ImageFit(ImageFitConfig(image=image, size=size))
     task.setup(torch.device("cpu"))
     torch.manual_seed(seed)
@@ -77,7 +78,7 @@ def run_image_fit(arch: str, arch_kwargs: dict[str, Any], image: str, size: int,
         t0 = time.perf_counter()
         loss = torch.mean((model(task.inputs) - task.target) ** 2)
         curve.append(float(psnr_from_mse(loss.detach())))
-        if curve[-1] >= THRESHOLDS[-1] or len(curve) > max_steps:
+        if curve[-1] >= stop_at or len(curve) > max_steps:
             break
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -149,6 +150,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--max-steps", type=int, default=600, help="image fitting: training steps at most")
     ap.add_argument("--default-max-steps", type=int, default=None, help="the default init's cap (else --max-steps)")
+    ap.add_argument("--stop-at", type=float, default=THRESHOLDS[-1], help="image fitting: stop at this PSNR")
+    ap.add_argument("--configs", default=None, help="';'-separated 'default' / 'FRACTION:STEPS' (instead of the grid)")
     ap.add_argument("--dip-steps", type=int, default=1500)
     ap.add_argument("--eval-every", type=int, default=25, help="DIP: PSNR every this many steps")
     ap.add_argument("--patience", type=int, default=250, help="DIP: stop this many steps after the peak")
@@ -161,6 +164,9 @@ def main() -> None:
     fractions = [_frac(f) for f in args.fractions.split(",")]
     pre_steps = [int(s) for s in args.pretrain_steps.split(",")]
     configs: list[tuple[float | None, int | None]] = [(None, None)] + [(f, s) for f in fractions for s in pre_steps]
+    if args.configs:
+        configs = [(None, None) if c == "default" else (_frac(c.split(":")[0]), int(c.split(":")[1]))
+                   for c in args.configs.split(";")]  # fmt: skip
     done = {_key(r) for r in _load(results)}
     if not args.report_only:
         for arch_spec in args.archs.split(";"):
@@ -182,7 +188,8 @@ def main() -> None:
                             meta["size"] = args.size
                             cap = args.default_max_steps if fraction is None and args.default_max_steps else None
                             rec = run_image_fit(arch, kwargs, image, args.size, seed, fraction, steps,
-                                                cap or args.max_steps)  # fmt: skip
+                                                cap or args.max_steps, args.stop_at)  # fmt: skip
+                            rec["stop_at"] = args.stop_at
                         rec = {**meta, **rec, "wall_s": time.perf_counter() - t0, "torch": torch.__version__,
                                "threads": torch.get_num_threads()}  # fmt: skip
                         with results.open("a") as fh:

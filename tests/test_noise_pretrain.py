@@ -16,7 +16,7 @@ def _curve(task, pretrain_steps, seed=0, steps=150):
     torch.manual_seed(seed)
     model = Siren(2, 1)
     if pretrain_steps:
-        initium.noise_pretrain(model, task.inputs, steps=pretrain_steps, seed=seed, cache=False)
+        initium.noise_pretrain(model, task.inputs, steps=pretrain_steps, fraction=1.0, seed=seed, cache=False)
     return psnr_from_mse(fit(model, task.inputs, task.target, steps=steps, lr=1e-4)).tolist()
 
 

@@ -358,16 +358,20 @@ class NoisePretrain(Method):
     def validate(self, model: nn.Module, inputs: torch.Tensor | None = None) -> None:
         self._check(model, inputs)
 
-    def resolve(self, model: nn.Module) -> NoiseConfig:
+    def resolve(self, model: nn.Module, inputs: torch.Tensor | None = None) -> NoiseConfig:
         """The config with ``steps`` and ``fraction`` filled from ``model``'s :func:`default_budget`
-        where they are ``None``: what runs, and what the cache key holds."""
+        where they are ``None``: what runs, and what the cache key holds. A default fraction that
+        ``inputs`` are too small for (fewer than 2 grid points per axis, a crop below the net's
+        smallest input) falls back to 1, the whole inputs; only a fraction asked for is refused."""
         budget = default_budget(model)
         cfg = self.config
-        return dataclasses.replace(
-            cfg,
-            steps=budget.steps if cfg.steps is None else cfg.steps,
-            fraction=budget.fraction if cfg.fraction is None else cfg.fraction,
-        )
+        fraction = budget.fraction if cfg.fraction is None else cfg.fraction
+        if cfg.fraction is None and fraction < 1 and inputs is not None:
+            try:
+                pretrain_inputs(model, inputs, fraction, cfg.seed)
+            except ValueError:
+                fraction = 1.0
+        return dataclasses.replace(cfg, steps=budget.steps if cfg.steps is None else cfg.steps, fraction=fraction)
 
     def _check(self, model: nn.Module, inputs: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Everything :meth:`validate` promises; returns the inputs pretraining runs on (the
@@ -377,7 +381,7 @@ class NoisePretrain(Method):
             raise ValueError("noise pretraining needs the inputs the model will be trained on")
         _check_inputs(model, inputs)
         out = _probe(model, inputs)
-        fraction = self.resolve(model).fraction
+        fraction = self.resolve(model, inputs).fraction
         assert fraction is not None
         used = pretrain_inputs(model, inputs, fraction, self.config.seed)
         if used is not inputs:
@@ -393,8 +397,9 @@ class NoisePretrain(Method):
     def __call__(self, model: nn.Module, inputs: torch.Tensor | None = None) -> nn.Module:
         # From here on ``inputs`` are those pretraining runs on: the cache key holds them, not the
         # whole set (two sets with the same fraction of them share the pretrained init)
-        inputs, out = self._check(model, inputs)
-        cfg = self.resolve(model)
+        given = inputs
+        inputs, out = self._check(model, given)
+        cfg = self.resolve(model, given)
         lr = cfg.lr if cfg.lr is not None else float(getattr(model, "default_lr", 1e-4))
         record = {"method": self.name, **dataclasses.asdict(cfg), "lr": lr, "cache": None}
         store = self.store
