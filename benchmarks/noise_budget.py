@@ -139,6 +139,12 @@ def end_to_end(rec: dict[str, Any], steps: int | None) -> float | None:
     return None if steps is None else rec["pretrain_s"] + steps * rec["step_s"]
 
 
+def step_equivalent(rec: dict[str, Any], steps: int | None) -> float | None:
+    """The end-to-end cost in training steps of the run itself: ``pretrain_s / step_s + steps``.
+    Its ratio to the default's steps does not move when the machine's load changes between runs."""
+    return None if steps is None else rec["pretrain_s"] / rec["step_s"] + steps
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", default="siren;fourier;pe;dip", help="';'-separated; 'dip(...)' runs DIP denoising")
@@ -239,8 +245,49 @@ def groups(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, lis
     return out
 
 
-def _report(records: list[dict[str, Any]]) -> str:
+def _overview(records: list[dict[str, Any]]) -> list[str]:
+    """Per architecture: every config's end-to-end time to 35 dB (DIP: to the peak) as a ratio to
+    the default init's on the same image, one column per image, and the mean ratio."""
     lines: list[str] = []
+    by_arch: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
+    for (arch, image), by_config in groups(records).items():
+        by_arch.setdefault(arch, {})[image] = by_config
+    for arch, images in by_arch.items():
+        dip = arch.startswith("dip")
+        what = "peak" if dip else "35 dB"
+        names = list(dict.fromkeys(c for by_config in images.values() for c in by_config))
+        lines.append(
+            f"\n**{arch}**: time to {what}, pretraining included, / the default init's on the same image"
+            " (in brackets: the same in training-step equivalents, pretrain s / step s + steps)\n"
+        )
+        head = "| init | " + " | ".join(images) + " | mean |"
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        for name in names:
+            cells, ratios = [], []
+            for by_config in images.values():
+                runs, base = by_config.get(name, []), by_config.get("default", [])
+
+                def e2e(r: dict[str, Any], dip: bool = dip) -> float | None:
+                    return end_to_end(r, peak(r)[0] if dip else steps_to(r, 35.0))
+
+                def eq(r: dict[str, Any], dip: bool = dip) -> float | None:
+                    return step_equivalent(r, peak(r)[0] if dip else steps_to(r, 35.0))
+
+                mine, missed = _mean([e2e(r) for r in runs])
+                ref, ref_missed = _mean([e2e(r) for r in base])
+                if not runs or mine is None or missed or ref is None or ref_missed:
+                    cells.append("—" if not runs else ("missed" if mine is None or missed else "default missed"))
+                    continue
+                mine_eq, ref_eq = _mean([eq(r) for r in runs])[0], _mean([eq(r) for r in base])[0]
+                ratios.append(mine / ref)
+                cells.append(f"{mine / ref:.2f}x ({mine_eq / ref_eq:.2f}x)")  # type: ignore[operator]
+            mean = f"{statistics.fmean(ratios):.2f}x" if len(ratios) == len(images) else "—"
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean} |")
+    return lines
+
+
+def _report(records: list[dict[str, Any]]) -> str:
+    lines: list[str] = _overview(records)
     for (arch, image), by_config in groups(records).items():
         dip = arch.startswith("dip")
         size = next(iter(by_config.values()))[0]["size"]

@@ -9,7 +9,7 @@ import torch
 
 import initium
 from initium.cache import InitCache
-from initium.methods.noise import NoiseConfig, NoisePretrain, pretrain_inputs
+from initium.methods.noise import NoiseConfig, NoisePretrain, default_budget, pretrain_inputs
 from initium.metrics import psnr_from_mse
 from initium.nn import DIPNet, Siren
 from initium.runner import steps_to
@@ -105,7 +105,10 @@ def test_the_cache_key_holds_the_inputs_pretraining_used(tmp_path):
 
     assert pretrain(grid(32, 32), fraction=0.25)[0] == "miss"
     assert pretrain(grid(32, 32), fraction=0.25)[0] == "hit"
-    assert pretrain(grid(32, 32))[0] == "miss"  # the whole grid is another init
+    assert pretrain(grid(32, 32), fraction=1.0)[0] == "miss"  # the whole grid is another init
+    # SIREN's default budget is a quarter of the grid: the key holds the resolved fraction, not None
+    assert default_budget(Siren(2, 1)).fraction == 0.25
+    assert pretrain(grid(32, 32))[0] == "hit"
     (entry,) = [e for e in store.entries() if e.meta["config"]["fraction"] == 0.25]
     model = Siren(2, 1, hidden=16)
     model.load_state_dict(initial)

@@ -55,7 +55,7 @@ def test_pretraining_fits_the_noise():
     model = Siren(2, 1, hidden=128)
     with torch.no_grad():
         before = model(coords)
-    initium.noise_pretrain(model, coords, steps=300, seed=0, cache=False)
+    initium.noise_pretrain(model, coords, steps=300, fraction=1.0, seed=0, cache=False)  # the target at every point
     from initium.noise import NOISES, sample_noise
 
     target = sample_noise(NOISES.build("gaussian"), (256, 1), generator=torch.Generator().manual_seed(0))
