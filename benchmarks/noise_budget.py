@@ -245,14 +245,21 @@ def groups(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, lis
     return out
 
 
-def _overview(records: list[dict[str, Any]]) -> list[str]:
-    """Per architecture: every config's end-to-end time to 35 dB (DIP: to the peak) as a ratio to
-    the default init's on the same image, one column per image, and the mean ratio."""
+def _overview(records: list[dict[str, Any]], tuning: tuple[str, ...] = ("camera", "astronaut")) -> list[str]:
+    """Per architecture, tuning images and the others apart: every config's end-to-end time to
+    35 dB (DIP: to the peak) as a ratio to the default init's on the same image, one column per
+    image, and the mean ratio."""
     lines: list[str] = []
     by_arch: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {}
     for (arch, image), by_config in groups(records).items():
         by_arch.setdefault(arch, {})[image] = by_config
-    for arch, images in by_arch.items():
+    split = [
+        (f"{arch} ({'tuning' if part else 'reporting'} images)", images)
+        for arch, all_images in by_arch.items()
+        for part in (True, False)
+        if (images := {k: v for k, v in all_images.items() if (k in tuning) == part})
+    ]
+    for arch, images in split:
         dip = arch.startswith("dip")
         what = "peak" if dip else "35 dB"
         names = list(dict.fromkeys(c for by_config in images.values() for c in by_config))
@@ -330,40 +337,56 @@ def _ratio(values: list[float | None], base: list[float | None]) -> str:
     return f"{mine / ref:.2f}x"
 
 
-def _plot(records: list[dict[str, Any]], path: Path) -> None:
+def _plot(records: list[dict[str, Any]], path: Path, tuning: tuple[str, ...] = ("camera", "astronaut")) -> None:
+    """Per architecture, on the tuning images: end-to-end time to 35 dB (DIP: to the peak),
+    pretraining included, over the default init's on the same image (mean over images and seeds),
+    against the fraction, one line per pretraining budget; dashed: the same in training-step
+    equivalents (immune to the shared machine's load changing between runs)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = [r for r in records if r["image"] in tuning]
     archs = list(dict.fromkeys(r["arch"] for r in records))
     fig, axes = plt.subplots(1, len(archs), figsize=(4.2 * len(archs), 3.6), squeeze=False)
     for ax, arch in zip(axes[0], archs, strict=True):
         runs = [r for r in records if r["arch"] == arch]
         dip = arch.startswith("dip")
-        what = "peak" if dip else "35 dB"
+        images = sorted({r["image"] for r in runs})
 
-        def e2e(r: dict[str, Any], dip: bool = dip) -> float | None:
-            return end_to_end(r, peak(r)[0] if dip else steps_to(r, 35.0))
+        def ratio(
+            f: float, steps: int, measure: Any, dip: bool = dip, runs: list = runs, images: list = images
+        ) -> float | None:
+            out = []
+            for image in images:
+                mine = [r for r in runs if r["image"] == image and r["fraction"] == f and r["pretrain_steps"] == steps]
+                base = [r for r in runs if r["image"] == image and r["fraction"] is None]
+                at = (lambda r: peak(r)[0]) if dip else (lambda r: steps_to(r, 35.0))
+                a, missed = _mean([measure(r, at(r)) for r in mine])
+                b, base_missed = _mean([measure(r, at(r)) for r in base])
+                if not mine or a is None or b is None or missed or base_missed:
+                    return None
+                out.append(a / b)
+            return statistics.fmean(out)
 
-        base, _ = _mean([e2e(r) for r in runs if r["fraction"] is None])
-        for steps in sorted({r["pretrain_steps"] for r in runs if r["pretrain_steps"] is not None}):
-            xs, ys = [], []
-            for f in sorted({r["fraction"] for r in runs if r["pretrain_steps"] == steps}):
-                value, missed = _mean([e2e(r) for r in runs if r["fraction"] == f and r["pretrain_steps"] == steps])
-                if value is not None and not missed:
-                    xs.append(f)
-                    ys.append(value)
-            ax.plot(xs, ys, "o-", label=f"noise, {steps} steps")
-        if base is not None:
-            ax.axhline(base, color="k", ls="--", label="default init")
+        for i, steps in enumerate(sorted({r["pretrain_steps"] for r in runs if r["pretrain_steps"] is not None})):
+            fs = sorted({r["fraction"] for r in runs if r["pretrain_steps"] == steps})
+            for measure, style in ((end_to_end, "o-"), (step_equivalent, "x--")):
+                pts = [(f, v) for f in fs if (v := ratio(f, steps, measure)) is not None]
+                if pts:
+                    label = f"{steps} steps" + ("" if measure is end_to_end else " (step equiv.)")
+                    ax.plot(
+                        *zip(*pts, strict=True), style, color=f"C{i}", label=label, alpha=1 if style == "o-" else 0.5
+                    )
+        ax.axhline(1.0, color="k", ls=":", label="default init")
         ax.set_xscale("log")
         ax.set_xticks([1 / 16, 1 / 9, 1 / 4, 1])
         ax.set_xticklabels(["1/16", "1/9", "1/4", "1"])
         ax.set_xlabel("fraction of the inputs pretrained on")
-        ax.set_ylabel(f"s to {what}, pretraining included")
-        ax.set_title(f"{arch} ({', '.join(sorted({r['image'] for r in runs}))})", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_ylabel(f"time to {'peak' if dip else '35 dB'} / default init's")
+        ax.set_title(f"{arch} ({', '.join(images)})", fontsize=9)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
