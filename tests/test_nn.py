@@ -131,6 +131,19 @@ def test_resnet20_is_the_papers_size():
     assert 0.27e6 < n < 0.28e6  # 0.27 M in He et al. (option A); the two 1x1 shortcuts add 2.7 k
 
 
+def test_resnet50_is_the_papers_size_and_shapes():
+    """resnet-bottleneck with blocks (3, 4, 6, 3) is ResNet-50: 25.56 M parameters with 1000 classes
+    (torchvision's resnet50 has 25,557,032); a small one runs on digits-sized images."""
+    model = ARCHS.build("resnet-bottleneck", {}, fixed={"in_shape": (3, 224, 224), "out_features": 1000})
+    assert sum(p.numel() for p in model.parameters()) == 25_557_032
+    small = ARCHS.build(
+        "resnet-bottleneck", {"blocks": (1, 2), "width": 4}, fixed={"in_shape": (1, 8, 8), "out_features": 10}
+    )
+    assert small(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    assert [len(s) for s in small.stages] == [1, 2] and small.stages[1][0].conv3.out_channels == 32
+    assert ARCHS.build("resnet-bottleneck", small.config).config == small.config
+
+
 def test_resnet_he_init_statistic():
     """Every conv weight ~ N(0, 2 / fan_out), fan_out = out_channels * 9: the 36 864 weights of a stage-3
     conv of ResNet-20 estimate the std to about 0.4%."""

@@ -32,8 +32,18 @@ def _tiny_zoo(folder) -> str:
     return str(folder)
 
 
+def _untrained_ghn(folder) -> str:
+    """A graph hypernetwork (untrained, small) for 2-class heads, as Siren(2, 2)'s last layer: the
+    ``ghn`` method needs one (the bundled GHN is trained on another branch's schedule)."""
+    torch.manual_seed(0)
+    return str(
+        initium.ghn.save(initium.ghn.GHN(initium.ghn.GHNConfig(num_classes=2, block=16, decoder=(16, 32))), folder)
+    )
+
+
 # what a method needs besides the common options (an artifact to load)
 NEEDS = {
+    "ghn": lambda tmp: {"path": _untrained_ghn(tmp / "ghn")},
     "vae": lambda tmp: {"path": _untrained_vae(tmp / "vae")},
     "zoo-stats": lambda tmp: {"path": _tiny_zoo(tmp / "zoo")},
 }

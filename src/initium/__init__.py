@@ -21,24 +21,27 @@ __version__ = "0.1.0"
 
 import sys as _sys
 
+from . import graph as graph
 from . import nn as nn
 from . import tasks as tasks
 from . import zoo as zoo
 from .cache import InitCache as InitCache
 from .methods import create as create
 from .methods import fa as fa
+from .methods import ghn as ghn
 from .methods import list_methods as list_methods
 from .methods import vae as vae
 from .methods.noise import noise_pretrain as noise_pretrain
 from .methods.rwf import remove_rwf as remove_rwf
 from .methods.rwf import rwf as rwf
 
-# One home per family (DESIGN.md section 3): ``initium.fa`` *is* ``initium.methods.fa``, also for
-# ``import initium.fa`` and ``from initium.fa import ...``.
+# One home per family (DESIGN.md section 3): ``initium.fa`` *is* ``initium.methods.fa`` (so are ``ghn`` and
+# ``vae``), also for ``import initium.fa`` and ``from initium.fa import ...``.
 _sys.modules[__name__ + ".fa"] = fa
+_sys.modules[__name__ + ".ghn"] = ghn
 _sys.modules[__name__ + ".vae"] = vae
 
 __all__ = [
-    "InitCache", "__version__", "create", "fa", "list_methods", "nn", "noise_pretrain", "remove_rwf", "rwf", "tasks",
-    "vae", "zoo",
+    "InitCache", "__version__", "create", "fa", "ghn", "list_methods", "nn", "noise_pretrain", "remove_rwf", "rwf",
+    "tasks", "vae", "zoo",
 ]  # fmt: skip

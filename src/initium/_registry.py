@@ -12,7 +12,9 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import fnmatch
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -20,7 +22,10 @@ from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Registry", "SpecError", "UnknownNameError", "build_config", "parse_literal", "parse_spec"]
+__all__ = [
+    "Registry", "SpecError", "UnknownNameError", "build_config", "config_doc", "field_help", "matching",
+    "parse_literal", "parse_spec", "plain_doc", "summary",
+]  # fmt: skip
 
 
 class UnknownNameError(KeyError, ValueError):
@@ -37,6 +42,61 @@ class SpecError(ValueError):
 def closest(name: str, choices: list[str], n: int = 3) -> list[str]:
     """The registered names most like ``name`` (difflib ratio), best first."""
     return difflib.get_close_matches(name, choices, n=n, cutoff=0.4) or choices[:n]
+
+
+def matching(names: Iterator[str] | list[str], pattern: str | None) -> list[str]:
+    """The ``names`` that match the shell-style ``pattern`` (``"noise*"``, ``"*fa*"``; case-insensitive,
+    as :func:`fnmatch.fnmatch` on lower-cased text; ``None``: all), in their given order."""
+    names = list(names)
+    if pattern is None:
+        return names
+    return [n for n in names if fnmatch.fnmatchcase(n.lower(), pattern.lower())]
+
+
+SUMMARY_CHARS = 110  # one line of `initium list` beside the name
+
+
+def summary(doc: str | None) -> str:
+    """One line from a docstring: its first sentence (of the first paragraph), with reST markup made
+    plain (````x```` -> ```x```, ``:class:`~a.b.C``` -> ``C``), cut to :data:`SUMMARY_CHARS` on a word."""
+    para = (doc or "").strip().split("\n\n")[0]
+    text = " ".join(para.split())
+    text = re.sub(r":\w+:`~?(?:[\w.]*\.)?([^`]+)`", r"\1", text).replace("``", "`")
+    # a sentence ends at ". " before a capital, but not after "et al." or "e.g."
+    first = re.split(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\.\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".")
+    if len(first) > SUMMARY_CHARS:
+        first = first[: SUMMARY_CHARS - 3].rsplit(" ", 1)[0].rstrip(",;:.") + "..."
+    return first
+
+
+def plain_doc(doc: str) -> str:
+    """A docstring as help text: one paragraph, reST's double backticks made single, roles dropped."""
+    return re.sub(r":\w+:`~?([^`]+)`", r"\1", " ".join(doc.split())).replace("``", "`")
+
+
+def config_doc(config: type) -> str:
+    """The docstrings of ``config`` and of the config classes it extends (DIP's shared options)."""
+    own = [c.__doc__ for c in config.__mro__ if dataclasses.is_dataclass(c) and "__doc__" in vars(c)]
+    return " ".join(plain_doc(d) for d in own if d)
+
+
+def field_help(config: type, name: str, default: Any) -> str:
+    """``initium run TASK --help``'s text for the option ``--name``: the clauses of the config's
+    docstring that begin with ````name```` (````name````:, ````name```` is ..., ````name=...````), each
+    up to the next such clause or the end of its sentence, then the default. Configs document their
+    fields in their docstrings, so the explanations live in one place."""
+    text, fields = config_doc(config), {f.name for f in dataclasses.fields(config)}
+    starts = [
+        (m.start(), m.group(1))
+        for m in re.finditer(r"`(\w+)(?:`[:\s]|=)", text)
+        if m.group(1) in fields and (m.start() == 0 or text[m.start() - 2 : m.start()] in (". ", "; ", ", "))
+    ]
+    about = []
+    for (start, field), (end, _) in zip(starts, [*starts[1:], (len(text), "")], strict=True):
+        if field == name:
+            clause = re.split(r"\.\s+(?=[A-Z])", text[start:end], maxsplit=1)[0]
+            about.append(clause.rstrip(",;. "))
+    return "; ".join([*about, f"default: {default!r}"]).replace("%", "%%")
 
 
 def split_top(text: str, sep: str) -> list[str]:
@@ -179,7 +239,8 @@ def _check_signature(fn: Callable[..., Any], kwargs: dict[str, Any], where: str)
 
 @dataclasses.dataclass(frozen=True)
 class Entry(Generic[T]):
-    """A registered factory and the frozen dataclass that configures it (or ``None``)."""
+    """A registered factory and the frozen dataclass that configures it (or ``None``); ``doc``: one
+    line, the first sentence of the factory's docstring (:func:`summary`), what ``initium list`` shows."""
 
     name: str
     factory: Callable[..., T]
@@ -204,15 +265,16 @@ class Registry(Generic[T]):
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
-            doc = (factory.__doc__ or "").strip().split("\n")[0]
-            self._entries[name] = Entry(name, factory, config, doc)
+            doc = factory.__doc__ or (config.__doc__ if config is not None else None)
+            self._entries[name] = Entry(name, factory, config, summary(doc))
             return factory
 
         return deco
 
-    def names(self, *, in_order: bool = False) -> list[str]:
-        """The registered names, sorted, or ``in_order`` of registration (a family's own order)."""
-        return list(self._entries) if in_order else sorted(self._entries)
+    def names(self, pattern: str | None = None, *, in_order: bool = False) -> list[str]:
+        """The registered names, sorted, or ``in_order`` of registration (a family's own order);
+        ``pattern``: only those matching it, shell-style (``"noise*"``, see :func:`matching`)."""
+        return matching(list(self._entries) if in_order else sorted(self._entries), pattern)
 
     def options(self, name: str) -> list[str]:
         """The option names entry ``name`` takes: its config's fields, else its factory's keywords."""

@@ -19,12 +19,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table as RichTable
 
 from . import distributed
-from ._registry import UnknownNameError, closest, parse_literal, split_top
+from ._registry import UnknownNameError, closest, config_doc, field_help, matching, parse_literal, split_top
 from .cache import CacheError, InitCache
 from .methods import METHODS, RULES
 from .nn import ARCHS
 from .precision import PRECISIONS
-from .tasks import SAMPLE_IMAGES, TASKS
+from .tasks import IMAGE_DESCRIPTIONS, SAMPLE_IMAGES, TASKS
 from .train import Progress as TrainProgress
 
 log = logging.getLogger(__name__)
@@ -77,22 +77,25 @@ def _tuple_option(text: str) -> tuple[Any, ...]:
 
 
 def _add_config_options(parser: argparse.ArgumentParser, config: type) -> None:
-    """One ``--option`` per field of a task's config dataclass."""
-    group = parser.add_argument_group(f"{config.__name__} options")
+    """One ``--option`` per field of a task's config dataclass, with its default and the part of the
+    config's docstring that explains it (the whole docstring heads the group)."""
+    group = parser.add_argument_group(f"{config.__name__} options", config_doc(config))
     hints = typing.get_type_hints(config)
     for f in dataclasses.fields(config):
         hint, flag = hints[f.name], "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"dest": f"task_{f.name}", "default": argparse.SUPPRESS, "help": f"default: {f.default!r}"}
+        kw: dict[str, Any] = {
+            "dest": f"task_{f.name}", "default": argparse.SUPPRESS, "help": field_help(config, f.name, f.default),
+        }  # fmt: skip
         if hint is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(hint) is typing.Literal:
             group.add_argument(flag, choices=typing.get_args(hint), **kw)
         elif hint in (int, float, str):
-            group.add_argument(flag, type=hint, **kw)
+            group.add_argument(flag, type=hint, metavar=f.name.upper(), **kw)
         elif typing.get_origin(hint) is tuple:  # --frequencies 1,4,16
-            group.add_argument(flag, type=_tuple_option, **kw)
+            group.add_argument(flag, type=_tuple_option, metavar="A,B,...", **kw)
         else:
-            group.add_argument(flag, **kw)
+            group.add_argument(flag, metavar=f.name.upper(), **kw)
 
 
 def build_parser(task: str | None = None, *, abbrev: bool = True, probing: bool = False) -> argparse.ArgumentParser:
@@ -148,6 +151,10 @@ def build_parser(task: str | None = None, *, abbrev: bool = True, probing: bool 
     )
     run.add_argument("--report", action="store_true", help="then write the report (as `initium report OUT`)")
     run.add_argument(
+        "--tensorboard", type=Path, default=None, metavar="DIR",
+        help="then write each run's curves, metrics and snapshots to DIR as TensorBoard runs (extra [tensorboard])",
+    )  # fmt: skip
+    run.add_argument(
         "--save-weights",
         action="store_true",
         help="write each finished run's trained weights to OUT/weights/*.safetensors (its record names the file)",
@@ -165,9 +172,16 @@ def build_parser(task: str | None = None, *, abbrev: bool = True, probing: bool 
     cache = sub.add_parser("cache", help="the init cache ($INITIUM_CACHE, default ~/.cache/initium)")
     cache.add_argument("action", choices=("ls", "clear"))
 
-    sub.add_parser("list", help="registered methods, tasks, architectures and bundled images")
+    listing = sub.add_parser("list", help="registered methods, tasks, architectures and bundled images, described")
+    listing.add_argument(
+        "pattern",
+        nargs="?",
+        default=None,
+        help="only names matching this shell-style pattern, e.g. 'noise*' (quote it)",
+    )
     _add_zoo_parser(sub)
     _add_train_parser(sub)
+    _add_graph_parser(sub)
     return parser
 
 
@@ -202,6 +216,48 @@ def _add_zoo_parser(sub: Any) -> None:
     verify = zsub.add_parser("verify", help="check every net's file against its sha256; exit 1 if any is bad")
     verify.add_argument("zoo", type=Path)
     verify.add_argument("--fix", action="store_true", help="remove bad rows, their files and files without a row")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """``1,8,8`` -> ``(1, 8, 8)``: one sample's shape."""
+    try:
+        shape = tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"--input-shape takes one sample's sizes such as 1,8,8, got {text!r}")
+    return shape
+
+
+def _add_graph_parser(sub: Any) -> None:
+    """``initium graph show`` (:mod:`initium.graph`)."""
+    graph = sub.add_parser("graph", help="the computational graph a graph hypernetwork reads")
+    gsub = graph.add_subparsers(dest="graph_command", required=True)
+    show = gsub.add_parser("show", help="print a model's graph (one line per node), optionally plot it")
+    show.add_argument("--arch", required=True, help="architecture spec, e.g. 'resnet(depth=8,width=8)'")
+    show.add_argument(
+        "--input-shape", type=_shape, default=None,
+        help="one input's shape, e.g. 1,8,8 (default: digits' 1,8,8 for classifiers, 2 for coordinate nets)",
+    )  # fmt: skip
+    show.add_argument("--cutoff", type=int, default=50, help="virtual-edge cutoff (shortest-path length, default 50)")
+    show.add_argument("--method", choices=("auto", "fx", "autograd"), default="auto", help="how to read the graph")
+    show.add_argument("--strict", action="store_true", help="fail on an op the vocabulary cannot represent")
+    show.add_argument("--plot", type=Path, default=None, help="also draw the graph to this PNG file")
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from . import graph
+
+    model, x = graph.arch_example(args.arch, args.input_shape)
+    g = graph.build(model, x, strict=args.strict, method=args.method)
+    out_console.print(g.describe(), markup=False, highlight=False, soft_wrap=True)
+    virtual = g.virtual_edges(args.cutoff)
+    out_console.print(
+        f"{len(g.levels())} levels; {len(virtual)} virtual edges (2 <= distance <= {args.cutoff})", highlight=False
+    )
+    if args.plot is not None:
+        console.print(f"plot: {graph.plot(g, args.plot)}")
+    return 0
 
 
 def _add_train_parser(sub: Any) -> None:
@@ -271,6 +327,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .report import summarize, write_report
     from .runner import RunConfig, run
 
+    if args.tensorboard is not None:
+        from rich.markup import escape
+
+        from .tensorboard import require
+
+        try:
+            require()  # a missing package fails now, not after the sweep
+        except ImportError as exc:
+            console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)  # keeps [tensorboard]
+            return 2
     task_options = {k[5:]: v for k, v in vars(args).items() if k.startswith("task_")}
     if args.steps is not None and args.steps > MAX_STEPS:
         raise ValueError(f"--steps must be from 1 to {MAX_STEPS:_}, got {args.steps}")
@@ -296,6 +362,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     print_table(summarize(records))
     print_failures(records)
     console.print(f"results: {cfg.out / 'results.jsonl'}")
+    if args.tensorboard is not None:
+        from .tensorboard import write_runs
+
+        runs = write_runs(cfg.out, args.tensorboard, records)
+        console.print(f"tensorboard: {len(runs)} runs in {args.tensorboard} (tensorboard --logdir {args.tensorboard})")
     if args.report:
         _print_files(write_report(cfg.out))
     else:
@@ -394,10 +465,27 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _listing(pattern: str | None) -> list[tuple[str, list[tuple[str, str]]]]:
+    """What ``initium list`` shows: per kind, the (name, one-line description) pairs whose name
+    matches ``pattern``; kinds with no match are left out."""
+    kinds: list[tuple[str, list[tuple[str, str]]]] = [
+        (title, [(n, reg.entry(n).doc) for n in reg.names(pattern)])
+        for title, reg in (("methods", METHODS), ("learning rules", RULES), ("tasks", TASKS), ("architectures", ARCHS))
+    ]
+    kinds.append(("images", [(n, IMAGE_DESCRIPTIONS.get(n, "")) for n in matching(SAMPLE_IMAGES, pattern)]))
+    return [(title, rows) for title, rows in kinds if rows]
+
+
 def cmd_list(args: argparse.Namespace) -> int:
-    for title, reg in (("methods", METHODS), ("learning rules", RULES), ("tasks", TASKS), ("architectures", ARCHS)):
-        out_console.print(f"[bold]{title}[/]: " + ", ".join(f"{n}" for n in reg.names()))
-    out_console.print("[bold]images[/]: " + ", ".join(SAMPLE_IMAGES))
+    kinds = _listing(args.pattern)
+    if not kinds:
+        console.print(f"nothing matches {args.pattern!r}; patterns are shell-style: 'noise*', '*fa*'", soft_wrap=True)
+        return 1
+    width = max(len(name) for _, rows in kinds for name, _ in rows)
+    for title, rows in kinds:
+        out_console.print(f"[bold]{title}[/]")
+        for name, doc in rows:
+            out_console.print(f"  {name:<{width}}  {doc}", soft_wrap=True, markup=False, highlight=False)
     return 0
 
 
@@ -527,6 +615,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format=f"{where}%(message)s", handlers=[handler])
     commands = {
         "run": cmd_run, "report": cmd_report, "cache": cmd_cache, "list": cmd_list, "zoo": cmd_zoo, "train": cmd_train,
+        "graph": cmd_graph,
     }  # fmt: skip
     try:
         return commands[args.command](args)

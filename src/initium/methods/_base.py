@@ -151,6 +151,8 @@ def create(spec: str, *, fill: Mapping[str, Any] | None = None, **options: Any) 
     return built[0] if len(built) == 1 else Compose(built)
 
 
-def list_methods() -> list[str]:
-    """The registered method names, sorted."""
-    return METHODS.names()
+def list_methods(pattern: str | None = None) -> list[str]:
+    """The registered method names, sorted; ``pattern``: only those matching it, shell-style and
+    case-insensitive (``list_methods("noise*")``, as timm's ``list_models("vit*")``). One line
+    describing each: ``METHODS.entry(name).doc``, or ``initium list PATTERN``."""
+    return METHODS.names(pattern)

@@ -132,10 +132,12 @@ def rwf(
     Args:
         model: any module; every ``nn.Linear`` / ``nn.ConvNd`` is factorised (``nn.ConvTranspose``
             is not: its rows are input channels).
-        mean, std: of the log-scales ``s`` (the paper's ``mu``, ``sigma``; ``std=0`` gives every row
-            the scale ``exp(mean)``). ``mean ± 6 std`` must lie in :func:`scale_bounds` of the
-            weights' dtype (about ±87.3 for float32, ±9.70 for float16), else ``exp(s)`` or ``V``
-            overflows and the model computes NaN; such values are refused.
+        mean: the mean of the log-scales ``s`` (the paper's ``mu``). ``mean ± 6 std`` must lie in
+            :func:`scale_bounds` of the weights' dtype (about ±87.3 for float32, ±9.70 for
+            float16), else ``exp(s)`` or ``V`` overflows and the model computes NaN; such values
+            are refused.
+        std: the standard deviation of the log-scales (the paper's ``sigma``; ``std=0`` gives every
+            row the scale ``exp(mean)``).
         seed: layer ``i`` (in module order) draws its ``s`` with seed ``seed + i``.
         layers: qualified names (``"net.0"``) to factorise instead of all.
         output_layer: factorise the last layer too (default, as the authors' jaxpi code does).

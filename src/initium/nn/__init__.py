@@ -21,7 +21,9 @@ from .fourier import FourierMLP as FourierMLP
 from .fourier import PositionalEncoding as PositionalEncoding
 from .mlp import MLP as MLP
 from .mlp import DeepONet as DeepONet
+from .resnet import BottleneckResNet as BottleneckResNet
 from .resnet import ResNet as ResNet
+from .resnet import build_bottleneck_resnet as _build_bottleneck_resnet
 from .resnet import build_resnet as _build_resnet
 from .siren import Sine as Sine
 from .siren import Siren as Siren
@@ -40,9 +42,10 @@ ARCHS.register("classifier-mlp")(ClassifierMLP)
 ARCHS.register("classifier-cnn")(ClassifierCNN)
 ARCHS.register("dip")(DIPNet)
 ARCHS.register("resnet")(_build_resnet)
+ARCHS.register("resnet-bottleneck")(_build_bottleneck_resnet)
 
 __all__ = [
-    "ARCHS", "MLP", "PEMLP", "ClassifierCNN", "ClassifierMLP", "ConvSliceVAE", "DIPNet", "DeepONet", "FAConv1d",
-    "FAConv2d", "FALinear", "FourierFeatures", "FourierMLP", "MLPSliceVAE", "PositionalEncoding", "ResNet", "Sine",
-    "Siren", "SliceVAE", "siren_uniform_",
+    "ARCHS", "MLP", "PEMLP", "BottleneckResNet", "ClassifierCNN", "ClassifierMLP", "ConvSliceVAE", "DIPNet", "DeepONet",
+    "FAConv1d", "FAConv2d", "FALinear", "FourierFeatures", "FourierMLP", "MLPSliceVAE", "PositionalEncoding", "ResNet",
+    "Sine", "Siren", "SliceVAE", "siren_uniform_",
 ]  # fmt: skip

@@ -32,8 +32,8 @@ def mlp_stack(widths: list[int], activation: str, *, last_activation: bool = Fal
 
 
 class MLP(nn.Module):
-    """``layers`` hidden layers of width ``hidden`` with ``activation`` (tanh by default, as in
-    PINNs) and a linear output layer; Glorot-normal init."""
+    """A plain MLP: ``layers`` hidden layers of width ``hidden`` with ``activation`` (tanh by default,
+    as in PINNs) and a linear output layer; Glorot-normal init."""
 
     default_lr = 1e-3
 

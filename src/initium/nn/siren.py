@@ -41,7 +41,7 @@ def siren_uniform_(
 
 
 class Siren(nn.Module):
-    """``layers`` sine layers of width ``hidden`` and a linear output layer.
+    """SIREN (Sitzmann et al. 2020): ``layers`` sine layers of width ``hidden`` and a linear output layer.
 
     Biases keep PyTorch's default ``U(-1/sqrt(n), 1/sqrt(n))``, as in the authors' code.
     """

@@ -11,10 +11,11 @@ from . import shape3d as shape3d
 from ._base import TASKS as TASKS
 from ._base import Task as Task
 from ._base import grid as grid
+from .data import IMAGE_DESCRIPTIONS as IMAGE_DESCRIPTIONS
 from .data import SAMPLE_IMAGES as SAMPLE_IMAGES
 from .data import load_image as load_image
 
 __all__ = [
-    "SAMPLE_IMAGES", "TASKS", "Task", "classify", "ct", "deeponet", "dip", "grid", "image_fit", "load_image", "pinn",
-    "regress_1d", "shape3d",
+    "IMAGE_DESCRIPTIONS", "SAMPLE_IMAGES", "TASKS", "Task", "classify", "ct", "deeponet", "dip", "grid", "image_fit",
+    "load_image", "pinn", "regress_1d", "shape3d",
 ]  # fmt: skip

@@ -54,7 +54,9 @@ def radon(image: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
 
 @TASKS.register("ct", CTConfig)
 class CT(Task):
-    """Reconstruct the phantom ``mu(x, y)`` from ``angles`` projections: the network's image
+    """Reconstruct the Shepp-Logan phantom from ``angles`` parallel projections (sparse-view CT).
+
+    The phantom ``mu(x, y)`` is fitted from its projections: the network's image
     (masked to the field of view) is projected with :func:`radon` and fitted to the measured
     sinogram; the metric is the PSNR of the image against the phantom."""
 

@@ -10,7 +10,8 @@ import numpy as np
 from .._registry import UnknownNameError, closest
 
 __all__ = [
-    "MIN_SIDE", "SAMPLE_IMAGES", "check_finite", "load_dataset", "load_digits", "load_image", "make_mnist1d",
+    "IMAGE_DESCRIPTIONS", "MIN_SIDE", "SAMPLE_IMAGES", "check_finite", "load_dataset", "load_digits", "load_image",
+    "make_mnist1d",
 ]  # fmt: skip
 
 # scikit-image samples that ship inside the wheel (the others need a download, which we never do).
@@ -19,6 +20,31 @@ SAMPLE_IMAGES: tuple[str, ...] = (
     "colorwheel", "grass", "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "logo",
     "moon", "page", "retina", "rocket", "text",
 )  # fmt: skip
+
+# What each bundled image shows, for `initium list` (sizes as scikit-image ships them: height x width).
+IMAGE_DESCRIPTIONS: dict[str, str] = {
+    "astronaut": "colour 512x512 portrait of the astronaut Eileen Collins",
+    "brick": "grey 512x512 texture of a brick wall",
+    "camera": "grey 512x512 photograph of a cameraman",
+    "cat": "colour 300x451 photograph of Chelsea the cat",
+    "checkerboard": "grey 200x200 synthetic checkerboard (sharp edges)",
+    "chelsea": "colour 300x451 photograph of Chelsea the cat (the same as cat)",
+    "clock": "grey 300x400 motion-blurred photograph of a clock",
+    "coffee": "colour 400x600 photograph of a coffee cup",
+    "coins": "grey 303x384 photograph of Greek coins from Pompeii",
+    "colorwheel": "colour 370x371 synthetic colour wheel",
+    "grass": "grey 512x512 texture of grass",
+    "gravel": "grey 512x512 texture of gravel",
+    "horse": "black-and-white 328x400 silhouette of a horse",
+    "hubble_deep_field": "colour 872x1000 Hubble eXtreme Deep Field (galaxies on black)",
+    "immunohistochemistry": "colour 512x512 micrograph of immunohistochemical staining",
+    "logo": "colour 500x500 scikit-image logo (RGBA)",
+    "moon": "grey 512x512 photograph of the moon's surface",
+    "page": "grey 191x384 scan of a printed page",
+    "retina": "colour 1411x1411 photograph of a human retina",
+    "rocket": "colour 427x640 photograph of a Falcon 9 launch",
+    "text": "grey 172x448 image of text (scikit-image's corner-detection sample)",
+}
 
 
 MIN_SIDE = 2  # the smallest height and width load_image takes: one pixel is a colour, not an image

@@ -46,7 +46,9 @@ def _antiderivative(u: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @TASKS.register("deeponet-antiderivative", AntiderivativeConfig)
 class Antiderivative(Task):
-    """Rows of the input pack ``[u(x_1..x_m), y]``; the target is ``G(u)(y)``. Metric: the mean
+    """Learn the antiderivative operator ``G(u)(y) = int_0^y u`` with a DeepONet.
+
+    Rows of the input pack ``[u(x_1..x_m), y]``; the target is ``G(u)(y)``. Metric: the mean
     over held-out functions of the relative L2 error of ``G(u)`` at the sensor locations."""
 
     name = "deeponet-antiderivative"

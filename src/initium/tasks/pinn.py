@@ -41,7 +41,9 @@ def _to_unit(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 @TASKS.register("pinn-advection", AdvectionConfig)
 class Advection(Task):
-    """Loss = mean residual^2 + mean initial-condition error^2 + mean periodic-edge mismatch^2
+    """Solve the advection equation ``u_t + c u_x = 0`` (periodic, ``u(x, 0) = sin x``) with a plain PINN.
+
+    Loss = mean residual^2 + mean initial-condition error^2 + mean periodic-edge mismatch^2
     (all weights 1, the plain PINN); metric = relative L2 error against ``sin(x - c t)``."""
 
     batchable = False  # its residual takes autograd derivatives inside the step, which vmap cannot batch
