@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from initium import distributed
 from initium._io import append_line
+from initium.records import ELAPSED
 from initium.runner import RunConfig, load_results, resolve_device, run
 from initium.tasks import TASKS
 
@@ -55,8 +56,13 @@ def _env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 def _comparable(records: list[dict]) -> list[dict]:
-    """Everything but the timings and the environment (threads, which GPU)."""
-    return [{k: v for k, v in r.items() if k not in ("wall", "env")} for r in records]
+    """Everything but the timings (the wall times, the curve's elapsed seconds), the environment
+    (threads, which GPU) and the command line (its --out differs)."""
+    return [
+        {k: v for k, v in r.items() if k not in ("wall", "env", "command")}
+        | {"curve": {k: v for k, v in r["curve"].items() if k != ELAPSED}}
+        for r in records
+    ]
 
 
 @pytest.fixture(scope="module")

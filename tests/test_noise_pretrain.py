@@ -16,7 +16,7 @@ def _curve(task, pretrain_steps, seed=0, steps=150):
     torch.manual_seed(seed)
     model = Siren(2, 1)
     if pretrain_steps:
-        initium.noise_pretrain(model, task.inputs, steps=pretrain_steps, seed=seed, cache=False)
+        initium.noise_pretrain(model, task.inputs, steps=pretrain_steps, fraction=1.0, seed=seed, cache=False)
     return psnr_from_mse(fit(model, task.inputs, task.target, steps=steps, lr=1e-4)).tolist()
 
 
@@ -55,7 +55,7 @@ def test_pretraining_fits_the_noise():
     model = Siren(2, 1, hidden=128)
     with torch.no_grad():
         before = model(coords)
-    initium.noise_pretrain(model, coords, steps=300, seed=0, cache=False)
+    initium.noise_pretrain(model, coords, steps=300, fraction=1.0, seed=0, cache=False)  # the target at every point
     from initium.noise import NOISES, sample_noise
 
     target = sample_noise(NOISES.build("gaussian"), (256, 1), generator=torch.Generator().manual_seed(0))

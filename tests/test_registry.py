@@ -82,7 +82,7 @@ def test_duplicate_options_and_wrong_tuple_lengths():
 
 
 def test_option_types_are_checked_and_widened():
-    with pytest.raises(SpecError, match="expected int"):
+    with pytest.raises(SpecError, match=r"option 'steps': 1.5 fits none of int \| None"):  # None: the model's budget
         initium.create("noise(steps=1.5)")
     assert initium.create("noise(lr=1)").config.lr == 1.0  # int widened to float
     assert initium.create("noise(target_range=[0,2])").config.target_range == (0.0, 2.0)

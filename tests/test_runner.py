@@ -112,7 +112,11 @@ def test_checkpoint_at_the_last_step_and_mixed_thresholds(tmp_path):
 def test_cache_hits_are_recorded(tmp_path):
     first = run(_cfg(tmp_path / "a", methods=("noise(steps=5)",), seeds=(0,)))
     second = run(_cfg(tmp_path / "b", methods=("noise(steps=5)",), seeds=(0,)))
-    assert first[0]["method_info"] == {"cache": "miss"} and second[0]["method_info"] == {"cache": "hit"}
+    budget = {"steps": 5, "fraction": 0.25}  # SIREN's default fraction, resolved: the record says what ran
+    assert first[0]["method_info"] == {"cache": "miss", **budget} and second[0]["method_info"] == {
+        "cache": "hit",
+        **budget,
+    }
     assert first[0]["metric_every_step"] == second[0]["metric_every_step"]
 
 

@@ -173,3 +173,39 @@ def tensors_to_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str,
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def checked_record(
+    text: str,
+    data: bytes,
+    *,
+    error: type[Exception],
+    where: str,
+    config: Path,
+    weights: Path,
+    fmt: str,
+    version: int,
+    what: str,
+    fix: str = "",
+) -> dict[str, Any]:
+    """The JSON record of a saved model (a weight VAE, a GHN: ``config`` beside its safetensors
+    ``weights``), checked before the weights are parsed: valid JSON, ``format == fmt``, a
+    ``version`` this code reads, and the sha256 of ``data`` (the weights' bytes) equal to the
+    record's. Anything else raises ``error`` naming ``where`` and the file, with ``fix`` appended."""
+    tail = f"; {fix}" if fix else ""
+    try:
+        record = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise error(f"{where}: {config} is not valid JSON ({exc}){tail}") from None
+    if not isinstance(record, dict) or record.get("format") != fmt:
+        raise error(f"{where}: {config} is not {what}'s config (format {fmt!r} expected)")
+    found = record.get("version")
+    if type(found) is not int or found > version:
+        raise error(f"{where}: {config.name} has format version {found!r}; this initium reads up to {version}")
+    recorded = record.get("weights")
+    if not isinstance(recorded, dict) or recorded.get("sha256") != sha256(data):
+        raise error(
+            f"{where}: {weights} does not match the sha256 in {config.name} (corrupt or replaced); it was not "
+            f"loaded{tail}"
+        )
+    return record

@@ -348,5 +348,11 @@ class Registry(Generic[T]):
         ``aliases`` renames parts first (a task's own names for entries)."""
         parts = [((aliases or {}).get(name, name), kwargs) for name, kwargs in parse_spec(spec)]
         for name, kwargs in parts:
-            self.config(name, kwargs)  # raises on unknown names and options
+            try:
+                self.config(name, kwargs)  # raises on unknown names and options
+            except UnknownNameError as exc:
+                if len(parts) == 1:
+                    raise
+                # in a composite spec, say which one: "0+a" names its whole text, not only the part "0"
+                raise UnknownNameError(f"{exc} (in {spec.strip()!r})") from None
         return parts

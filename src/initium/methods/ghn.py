@@ -119,7 +119,7 @@ from torch import nn
 
 from .. import __version__
 from .. import graph as graphs
-from .._io import atomic_write_bytes, atomic_write_json, sha256, tensors_to_bytes
+from .._io import atomic_write_bytes, atomic_write_json, checked_record, sha256, tensors_to_bytes
 from ..graph import Graph
 from ._base import METHODS, Method
 
@@ -872,21 +872,11 @@ def load(path: str | os.PathLike[str] | None = None) -> GHN:
         data = weights.read_bytes()
     except (OSError, UnicodeDecodeError) as exc:
         raise GHNError(f"{where}: cannot read {folder} ({exc})") from None
-    try:
-        record = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise GHNError(f"{where}: {folder / CONFIG_FILE} is not valid JSON ({exc}); restore it or retrain") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise GHNError(f"{where}: {folder / CONFIG_FILE} is not a GHN's config (format {FORMAT!r} expected)")
-    version = record.get("version")
-    if type(version) is not int or version > VERSION:
-        raise GHNError(f"{where}: {CONFIG_FILE} has format version {version!r}; this initium reads up to {VERSION}")
-    recorded = record.get("weights")
-    if not isinstance(recorded, dict) or recorded.get("sha256") != sha256(data):
-        raise GHNError(
-            f"{where}: {weights} does not match the sha256 in {CONFIG_FILE} (corrupt or replaced); it was not "
-            "loaded: copy both files again or retrain"
-        )
+    record = checked_record(
+        text, data, error=GHNError, where=where, config=folder / CONFIG_FILE, weights=weights, fmt=FORMAT,
+        version=VERSION, what="a GHN", fix="copy both files again or retrain",
+    )  # fmt: skip
+    recorded = record["weights"]
     try:
         config = GHNConfig.from_json(record.get("config"))
         ghn = GHN(config)

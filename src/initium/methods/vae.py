@@ -101,7 +101,7 @@ from safetensors.torch import load as load_tensors
 from torch import nn
 
 from .. import __version__, distributed
-from .._io import atomic_write_bytes, atomic_write_json, sha256, tensors_to_bytes
+from .._io import atomic_write_bytes, atomic_write_json, checked_record, sha256, tensors_to_bytes
 from ..nn.vae import SLICE_VAES, SliceVAE, slice_vae_for
 from ..train import Checkpoint, Epochs, Progress, ProgressFn, TrainingDiverged, cosine, fit, progress_hook
 from ..zoo import Zoo, ZooEntry
@@ -459,20 +459,10 @@ def load(path: str | os.PathLike[str]) -> WeightVAE:
         if isinstance(exc, VAEError):
             raise
         raise VAEError(f"{where}: cannot read it ({exc})") from None
-    try:
-        meta = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise VAEError(f"{where}: {folder / CONFIG_FILE} is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise VAEError(f"{where}: {folder / CONFIG_FILE} is not a weight VAE's config (format {FORMAT!r} expected)")
-    version = meta.get("version")
-    if type(version) is not int or version > VERSION:
-        raise VAEError(f"{where}: {CONFIG_FILE} has format version {version!r}; this initium reads up to {VERSION}")
-    recorded = meta.get("weights")
-    if not isinstance(recorded, dict) or recorded.get("sha256") != sha256(data):
-        raise VAEError(
-            f"{where}: {weights} does not match the sha256 in {CONFIG_FILE} (corrupt, or replaced); it was not loaded"
-        )
+    meta = checked_record(
+        text, data, error=VAEError, where=where, config=folder / CONFIG_FILE, weights=weights, fmt=FORMAT,
+        version=VERSION, what="a weight VAE",
+    )  # fmt: skip
     layers = meta.get("layers")
     if not isinstance(layers, list) or not layers:
         raise VAEError(f"{where}: {CONFIG_FILE} has no layer map ('layers')")
