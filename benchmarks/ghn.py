@@ -87,11 +87,23 @@ def _curve(task: Any, spec: str, method: str, seed: int, epochs: int) -> list[fl
     return accs
 
 
+def _applies(task: Any, spec: str, method: str) -> bool:
+    """Whether ``method`` can initialise ``spec``'s net (its ``validate`` raises nothing)."""
+    model = task.build_model(*task.parse_arch(spec))
+    try:
+        initium.create(method).validate(model, task.inputs)
+    except ValueError:
+        return False
+    return True
+
+
 def part_eval(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     task = TASKS.build("classify", {"dataset": "digits", "ood": False, "corrupt": False, "track": False})
     task.setup(torch.device("cpu"))
     ghn = f"ghn(path={args.ghn})" if args.ghn else "ghn"
     methods = {"default": "default", "ghn": ghn}
+    if args.vae:  # the local generative init, on the specs its layer map can fill
+        methods["vae"] = f"vae(path={args.vae})"
     groups = {
         "held-out": (held_out_specs(args.ghn, args.held), args.epochs),
         "ood": (sample_space("ood", args.ood, seed=0), args.epochs),
@@ -108,6 +120,9 @@ def part_eval(out: Path, args: argparse.Namespace) -> dict[str, Any]:
         for spec in specs:
             row: dict[str, Any] = {"spec": spec}
             for label, method in methods.items():
+                if label == "vae" and not _applies(task, spec, method):
+                    row[label] = None  # a layer the VAE has no slices for (e.g. 5x5 kernels): not comparable
+                    continue
                 row[label] = [_curve(task, spec, method, s, epochs) for s in seeds]  # [seed][acc@0, acc@1, acc@E]
             rows.append(row)
         results["groups"][name] = {"rows": rows, "epochs": epochs, "seconds": time.perf_counter() - t0}
@@ -140,7 +155,7 @@ def _print_group(name: str, rows: list[dict[str, Any]], epochs: int, seeds: int)
         print(f"\n### {name}: test accuracy on digits, mean ± 95% CI over {seeds} seeds\n")
         print("| arch | init | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols))
         for row in rows:
-            for label in ("default", "ghn"):
+            for label in [lb for lb in ("default", "ghn", "vae") if row.get(lb)]:
                 cells = [fmt([c[i] for c in row[label]]) for i in range(len(cols))]
                 print(f"| {row['spec']} | {label} | " + " | ".join(cells) + " |")
         return
@@ -168,6 +183,24 @@ def _print_group(name: str, rows: list[dict[str, Any]], epochs: int, seeds: int)
         v = per_spec[label]
         print(f"| {label} | " + " | ".join(fmt(x) for x in v) + f" | {statistics.median(v[0]):.3f} | {min(v[0]):.3f} |")
     print(f"\nGHN + 1 epoch beats default + 1 epoch on {beats} of {n} specs ({beats / n:.0%}).")
+    _print_vae(rows, cols)
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.fmean(finite) if finite else math.nan
+
+
+def _print_vae(rows: list[dict[str, Any]], cols: list[str]) -> None:
+    """default, VAE and GHN on the specs the VAE could fill (the VAE's layer map needs its slice shapes)."""
+    both = [row for row in rows if row.get("vae")]
+    if not both:
+        return
+    print(f"\n{len(both)} of {len(rows)} specs have layers the VAE can fill; on those, mean ± 95% CI over specs:\n")
+    print("| init | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols))
+    for label in ("default", "vae", "ghn"):
+        v = [[_finite_mean([c[i] for c in row[label]]) for row in both] for i in range(len(cols))]
+        print(f"| {label} | " + " | ".join(fmt([x for x in col if math.isfinite(x)]) for col in v) + " |")
 
 
 def _short(label: str) -> str:
@@ -219,6 +252,7 @@ def main() -> None:
         default=None,
         help="noise GHN folders (initium train ghn --noise), comma-separated, for ensembles",
     )
+    p.add_argument("--vae", default=None, help="eval part: a weight VAE folder (initium train vae) to compare too")
     p.add_argument("--held", type=int, default=50, help="held-out specs of the GHN's space")
     p.add_argument("--ood", type=int, default=10, help="out-of-distribution specs (space 'ood')")
     p.add_argument("--seeds", type=int, default=3)
