@@ -5,6 +5,8 @@
   *optional* autorefs link: it links to the object's API entry where the site documents it, and
   stays plain code (no warning) where it does not, e.g. a torch function.
 - ``design.md`` (the design document) joins the nav when the file is there.
+- The figures that BENCHMARKS.md (included by ``benchmarks.md``) shows from ``benchmarks/figures/``
+  join the site at the same relative path, so its image links resolve there as on GitHub.
 - ``<!-- initium-help: run image-fit -->`` in a page becomes ``initium run image-fit --help``'s
   text, from the parser of this checkout: the CLI page cannot drift from the CLI.
 """
@@ -34,6 +36,17 @@ def on_config(config: Any, **_: Any) -> Any:
         where = next((i for i, item in enumerate(config["nav"]) if "Benchmarks" in item), len(config["nav"]) - 1)
         config["nav"].insert(where + 1, {"Design": "design.md"})
     return config
+
+
+def on_files(files: Any, config: Any, **_: Any) -> Any:
+    from mkdocs.structure.files import File
+
+    root = Path(config["config_file_path"]).parent
+    for figure in sorted((root / "benchmarks" / "figures").glob("*.png")):
+        uri = figure.relative_to(root).as_posix()
+        if files.get_file_from_path(uri) is None:
+            files.append(File.generated(config, uri, abs_src_path=str(figure)))
+    return files
 
 
 def on_page_content(html: str, **_: Any) -> str:
