@@ -24,6 +24,13 @@ from torch import nn
 __all__ = ["BasicBlock", "Bottleneck", "BottleneckResNet", "ResNet", "build_bottleneck_resnet", "build_resnet"]
 
 
+def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
+    """A block's skip path: the identity, or a strided 1x1 conv + BatchNorm where the shape changes."""
+    if stride != 1 or cin != cout:
+        return nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+    return nn.Identity()
+
+
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     # no bias: the BatchNorm after every convolution has its own shift
     return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
@@ -38,9 +45,7 @@ class BasicBlock(nn.Module):
         self.conv1, self.bn1 = _conv3x3(cin, cout, stride), nn.BatchNorm2d(cout)
         self.conv2, self.bn2 = _conv3x3(cout, cout), nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = _shortcut(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
@@ -128,9 +133,7 @@ class Bottleneck(nn.Module):
         self.conv2, self.bn2 = _conv3x3(mid, mid, stride), nn.BatchNorm2d(mid)
         self.conv3, self.bn3 = nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = _shortcut(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
