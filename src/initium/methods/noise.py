@@ -50,16 +50,19 @@ class Budget:
 
 
 # The default budget per model class, chosen by ``benchmarks/noise_budget.py`` on camera and
-# astronaut (BENCHMARKS.md, "Noise pretraining budget"): the setting that reached 35 dB soonest,
-# pretraining included (counted in the run's own training steps, which a shared CPU's changing
-# load does not move), on the CPU at 96 px; the DIP net: the denoising peak.
+# astronaut, 3 seeds (BENCHMARKS.md, "Noise pretraining budget"): of fraction {1, 1/4, 1/9, 1/16}
+# x steps {100, 250, 500}, the setting that reached 35 dB soonest, pretraining included (counted
+# in the run's own training steps, which the machine's changing load does not move), on the CPU
+# at 96 px; the DIP net: the denoising peak. The ratios below are to the default init's cost.
 BUDGETS: dict[type[nn.Module], Budget] = {
-    Siren: Budget(0.25, 250),  # 35 dB at 0.48x / 0.39x of the default's cost on camera / astronaut
-    FourierMLP: Budget(1 / 16, 100),  # 0.55x on camera (astronaut not run)
-    PEMLP: Budget(1 / 16, 100),  # 0.56x on camera
-    # No fraction paid for the DIP net (64 px denoising: every budget peaked as late or later, and
-    # lower); kept: the whole latent, 500 steps, which brought the peak to 0.66-0.69x of the
-    # default's steps with the paper's net at 128 px (BENCHMARKS.md, deep image prior).
+    Siren: Budget(0.25, 250),  # 35 dB at 0.47x / 0.39x on camera / astronaut (wall clock 0.42x / 0.34x)
+    FourierMLP: Budget(1 / 16, 100),  # 0.62x / 0.72x (wall clock 0.69x / 0.77x)
+    # PEMLP: 0.67x / 0.97x (wall clock 0.67x / 1.05x), mean 0.82x, a hair ahead of the whole grid x 100 (0.84x);
+    # neither pays on the images not used to choose (mean 1.01x / 0.98x); kept, costing ~6 training steps.
+    PEMLP: Budget(1 / 16, 100),
+    # The DIP net (paper's net, 128 px, one seed): the whole latent x 500 brings the peak to 0.65x of
+    # the default's steps but costs as much (1.02x uncached); a quarter crop x 250 gave 0.70x (0.80x),
+    # one run, too few to change the default on (at 64 px with a small net no crop paid). Kept.
     DIPNet: Budget(1.0, 500),
 }
 FALLBACK = Budget(1.0, 500)  # a model not measured: the whole inputs, the paper's few hundred steps
