@@ -194,9 +194,7 @@ def part_ensembles(out: Path, archs: list[str], args: argparse.Namespace) -> dic
                   for label, runs in group(load_results(folder)).items()}  # fmt: skip
         ens = ensemble_results(groups, folder, k=args.ens_size, draws=args.ens_draws, seed=0)
         results[arch] = ens
-        short = {label: {**res, "by_severity": {s: v for s, v in res["by_severity"].items() if s in shown}}
-                 for label, res in ens.items()}  # fmt: skip
-        table = ensemble_table(short)
+        table = ensemble_table(ens, severities=shown)
         print(f"\n### {arch} on digits: {table.title}\n")
         print(table.markdown())
     (out / "ensembles.json").write_text(json.dumps(results, indent=1, default=str))

@@ -232,10 +232,7 @@ def part_ensembles(out: Path, args: argparse.Namespace) -> dict[str, Any]:
                   for label, runs in group(load_results(folder)).items()}  # fmt: skip
         ens = ensemble_results(groups, folder, k=args.ens_size, draws=1, seed=0)
         results[arch] = {"seconds": time.perf_counter() - t0, "ensembles": ens}
-        shown = {0, 1, 3, 5}
-        short = {label: {**res, "by_severity": {s: v for s, v in res["by_severity"].items() if s in shown}}
-                 for label, res in ens.items()}  # fmt: skip
-        table = ensemble_table(short)
+        table = ensemble_table(ens, severities={0, 1, 3, 5})
         print(f"\n### {arch}, {args.ens_epochs} epoch(s), ensembles of {args.ens_size}: {table.title}\n")
         print(table.markdown())
     (out / "ensembles.json").write_text(json.dumps(results, indent=1, default=str))

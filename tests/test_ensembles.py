@@ -250,3 +250,15 @@ def test_unknown_dataset_names_the_bundled_ones(tmp_path, capsys):
     argv = ["run", "classify", "--dataset", "cifar", "--epochs", "1", "--seeds", "1", "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     assert "neither a bundled dataset (digits, mnist1d)" in " ".join(capsys.readouterr().err.split())
+
+
+def test_the_ensemble_table_shows_only_the_severities_asked_for():
+    from initium.report import ENSEMBLE_METRICS, ensemble_table
+
+    scores = {m: [0.5, 0.6] for m in ENSEMBLE_METRICS}
+    res = {"k": 2, "seeds": 3, "draws": 2, "conditions": 4, "by_severity": {s: scores for s in (0, 1, 3, 5)}}
+    everything = ensemble_table({"default": res})
+    some = ensemble_table({"default": res}, severities={0, 5})
+    assert [row[3] for row in everything.rows] == ["clean"] + [f"severity {s} (mean of 4)" for s in (1, 3, 5)]
+    assert [row[3] for row in some.rows] == ["clean", "severity 5 (mean of 4)"]
+    assert some.rows == [everything.rows[0], everything.rows[3]]

@@ -20,7 +20,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -519,12 +519,15 @@ def ensemble_results(
     return results
 
 
-def ensemble_table(results: dict[str, dict[str, Any]]) -> Table:
+def ensemble_table(results: dict[str, dict[str, Any]], severities: Collection[int] | None = None) -> Table:
     """One row per method and test set (clean; each severity, mean over the corruptions): the
-    ensembles' metrics as mean ± 95% interval over draws."""
+    ensembles' metrics as mean ± 95% interval over draws. ``severities``: the test sets to show
+    (0: clean; ``None``: all)."""
     rows = []
     for label, res in results.items():
         for sev, scores in res["by_severity"].items():
+            if severities is not None and sev not in severities:
+                continue
             where = "clean" if sev == 0 else f"severity {sev} (mean of {res['conditions']})"
             row = [label, f"{res['k']} of {res['seeds']}", str(res["draws"]), where]
             rows.append(row + [_fmt(scores[m], ".3f", len(scores[m])) for m in ENSEMBLE_METRICS])
